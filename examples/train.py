@@ -1,0 +1,60 @@
+"""A minimal production-style training script for an exported ds_config.json.
+
+    deepspeed --num_gpus 2 examples/train.py --deepspeed_config ds_config.json \
+        --model-config model.json --sequence-length 128 --steps 5
+
+It reads the batch layout from the DeepSpeed config (as a real job does), trains a causal LM built from
+a transformers config with random weights on random tokens, and prints the loss of every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+
+from tuner.workload import hf_causal_lm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deepspeed_config", type=Path, required=True)
+    parser.add_argument("--model-config", type=Path, required=True, help="a transformers config.json")
+    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--local_rank", type=int, default=-1)  # passed by the deepspeed launcher
+    args = parser.parse_args()
+
+    accel = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if accel.device_name() == "cuda":
+        accel.set_device(local_rank)
+    ds_config = json.loads(args.deepspeed_config.read_text())
+    model = hf_causal_lm.build_model(json.loads(args.model_config.read_text()), seed=0)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    vocab = hf_causal_lm.vocab_size(model)
+    generator = torch.Generator().manual_seed(engine.global_rank)
+    device = torch.device(accel.device_name(local_rank))
+    for step in range(args.steps):
+        for _ in range(engine.gradient_accumulation_steps()):
+            batch = hf_causal_lm.synthetic_batch(
+                generator, vocab, engine.train_micro_batch_size_per_gpu(), args.sequence_length, device
+            )
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+        if engine.global_rank == 0:
+            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

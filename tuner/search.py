@@ -1,0 +1,181 @@
+"""`tuner search`: Ray Tune schedules real DeepSpeed trials; the study's storage keeps every one.
+
+Each Tune trial is a function trainable holding `gpus_per_trial` GPUs (or CPUs without GPUs) while it
+launches the trial's ranks with torchrun; Ray runs as many at once as the resources allow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuner.dsconfig import build_ds_config
+from tuner.points import Enumeration, Point, enumerate_points, grad_accum
+from tuner.searcher import RESULT_KEY, StudySearcher
+from tuner.space import Space, space_document
+from tuner.store import open_storage
+from tuner.trial.launch import prebuild_ops, run_trial
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one search shares; sent to Ray's workers once."""
+
+    space: Space
+    accelerator: str
+    run_dir: Path
+
+
+def detect_accelerator(space: Space) -> str:
+    """`cuda` when asked for or when a GPU is visible, else `cpu` (ranks are CPU processes over gloo)."""
+    if space.hardware.accelerator != "auto":
+        return space.hardware.accelerator
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON each rank's worker reads."""
+    accum = grad_accum(space.training.global_batch_size, point.micro_batch_size, space.hardware.gpus_per_trial)
+    return {
+        "model_config": space.model_config_dict,
+        "sequence_length": space.data.sequence_length,
+        "micro_batch_size": point.micro_batch_size,
+        "grad_accum": accum,
+        "activation_checkpointing": point.activation_checkpointing,
+        "warmup_steps": space.trial.warmup_steps,
+        "measure_steps": space.trial.measure_steps,
+        "seed": space.search.seed,
+        "ds_config": ds_config,
+    }
+
+
+def _trainable(config: dict[str, Any], context: TrialContext) -> None:
+    """One Tune trial: run the DeepSpeed trial and report its TrialResult (never raises for its faults)."""
+    from ray import tune
+
+    space = context.space
+    point = Point.from_params(config["point"])
+    result = run_trial(
+        trial_spec(space, point, config["ds_config"]),
+        context.run_dir / f"trial_{config['trial_number']:04d}",
+        ranks=space.hardware.gpus_per_trial,
+        accelerator=context.accelerator,
+        timeout_s=space.trial.timeout_s,
+        global_batch=space.training.global_batch_size,
+        sequence_length=space.data.sequence_length,
+    )
+    report: dict[str, Any] = {RESULT_KEY: json.dumps(dataclasses.asdict(result)), **result.figures}
+    tune.report(report)
+
+
+def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) -> dict[Point, dict[str, Any]]:
+    """The ds_config of every valid point, built before anything runs."""
+    return {
+        p: build_ds_config(
+            space.base_config_dict,
+            p,
+            global_batch=space.training.global_batch_size,
+            ranks=space.hardware.gpus_per_trial,
+            precision=space.training.precision,
+            accelerator="cuda" if accelerator == "cuda" else "cpu",
+        )
+        for p in points
+    }
+
+
+@dataclass
+class SearchOutcome:
+    study: optuna.Study
+    enumeration: Enumeration
+    launched: int
+
+
+def create_study(space: Space) -> optuna.Study:
+    """The study in the space's storage (created or continued), with the resolved space kept on it."""
+    assert space.study is not None and space.storage is not None
+    storage = open_storage(space.storage)
+    sampler = optuna.samplers.TPESampler(seed=space.search.seed)
+    study = optuna.create_study(
+        study_name=space.study, storage=storage, direction=space.direction, sampler=sampler, load_if_exists=True
+    )
+    if study.direction != optuna.study.StudyDirection[space.direction.upper()]:
+        from tuner.errors import SpaceError
+
+        raise SpaceError("search.objective", f"study {space.study!r} exists with the other direction; use --study")
+    study.set_user_attr("objective", space.search.objective)
+    study.set_user_attr("space", json.loads(space_document(space)))
+    return study
+
+
+def run_search(
+    space: Space,
+    space_path: Path,
+    run_dir: Path,
+    on_event: Callable[[str, dict[str, Any]], None],
+    address: str | None = None,
+) -> SearchOutcome:
+    """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines, not Ray's tables
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray import tune
+
+    enumeration = enumerate_points(space)
+    accelerator = detect_accelerator(space)
+    study = create_study(space)
+    study.set_user_attr("space_file", str(space_path.resolve()))
+    study.set_user_attr("space_yaml", space_path.read_text())
+    study.set_user_attr("accelerator", accelerator)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    configs = ds_configs_for(space, enumeration.valid, accelerator)
+    searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event)
+    remaining = searcher.remaining()
+    searcher.budget = min(space.search.max_trials or len(remaining), len(remaining))
+    on_event("plan", {"remaining": len(remaining), "budget": searcher.budget, "accelerator": accelerator})
+    if searcher.budget == 0:
+        return SearchOutcome(study, enumeration, 0)
+
+    need_cpu_adam = any(p.offload_optimizer == "cpu" for p in remaining)
+    on_event("prebuild", {})
+    problem = prebuild_ops(accelerator, need_cpu_adam, run_dir / "prebuild_ops.log")
+    if problem:
+        on_event("warning", {"message": problem})
+
+    ranks = space.hardware.gpus_per_trial
+    resources: dict[str, float] = {"cpu": 1, "gpu": ranks} if accelerator == "cuda" else {"cpu": ranks}
+    if not ray.is_initialized():
+        init_kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "ERROR",
+            "configure_logging": True,
+        }
+        if address:
+            init_kwargs["address"] = address
+        elif accelerator == "cpu":
+            init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
+        ray.init(**init_kwargs)
+    context = TrialContext(space, accelerator, run_dir.resolve())
+    trainable = tune.with_resources(tune.with_parameters(_trainable, context=context), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=searcher.budget, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=space.study, storage_path=str((run_dir / "ray").resolve()), verbose=0, log_to_file=True
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        searcher.abandon_in_flight("the search stopped before the trial reported")
+    return SearchOutcome(study, enumeration, searcher.launched)

@@ -1,0 +1,175 @@
+"""A Ray Tune searcher whose every trial is an Optuna trial in the study's SQL storage.
+
+Ray's OptunaSearch leaves a trial RUNNING in the store when the last report lacks the metric, has no
+hook for user attributes and cannot record a failure's reason; this searcher owns the ask/tell cycle
+instead, so each Tune trial ends in the store as COMPLETE (objective value) or FAIL (category, reason),
+with every figure and its ds_config as user attributes.
+
+Samplers: `grid` runs the valid points in order, `random` draws them without replacement, `tpe` asks
+Optuna's TPE sampler over a conditional space (offload knobs only where the ZeRO stage allows them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import Trial, TrialState
+from ray.tune.search import Searcher
+
+from tuner.points import Point
+from tuner.result import TrialResult
+from tuner.space import Space
+from tuner.trial import failures
+
+RESULT_KEY = "tuner_result"
+_TPE_TRIES = 20
+
+
+def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point:
+    """Define-by-run suggestion of a valid point; knobs a stage cannot use are not suggested."""
+    s = space.space
+    micro = trial.suggest_categorical("micro_batch_size", sorted({p.micro_batch_size for p in valid}))
+    stage = trial.suggest_categorical("zero_stage", sorted({p.zero_stage for p in valid}))
+
+    def knob(name: str, full: list[Any]) -> Any:
+        allowed = sorted({getattr(p, name) for p in valid if p.zero_stage == stage}, key=full.index)
+        if allowed == full:
+            return trial.suggest_categorical(name, full)
+        return allowed[0]  # a stage that cannot use the knob: the one value left ("none")
+
+    offload_optimizer = knob("offload_optimizer", list(s.offload_optimizer))
+    offload_param = knob("offload_param", list(s.offload_param))
+    checkpointing = knob("activation_checkpointing", list(s.activation_checkpointing))
+    return Point(int(micro), int(stage), offload_optimizer, offload_param, bool(checkpointing))
+
+
+def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial]:
+    """Points already measured in the study (COMPLETE or FAIL), so a rerun never measures them twice."""
+    out: dict[Point, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get("duplicate_of") is None and t.params:
+            out.setdefault(Point.from_params(t.params), t)
+    return out
+
+
+class StudySearcher(Searcher):
+    """Suggests valid points and records each Tune trial's outcome in the Optuna study."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: Space,
+        valid: tuple[Point, ...],
+        ds_configs: dict[Point, dict[str, Any]],
+        budget: int,
+        on_event: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        super().__init__()
+        self.study = study
+        self.space = space
+        self.valid = valid
+        self.ds_configs = ds_configs
+        self.budget = budget
+        self.on_event = on_event
+        self.launched = 0
+        self.done = finished_points(study)
+        self.in_flight: dict[str, tuple[Trial, Point]] = {}
+        self.rng = random.Random(space.search.seed)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
+        return True  # the space lives in this searcher, not in Tune's config
+
+    def remaining(self) -> list[Point]:
+        busy = {p for _, p in self.in_flight.values()}
+        return [p for p in self.valid if p not in self.done and p not in busy]
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED, a str
+        remaining = self.remaining()
+        if self.launched >= self.budget or not remaining:
+            return Searcher.FINISHED  # type: ignore[return-value]
+        trial, point = self._next(remaining)
+        self.in_flight[trial_id] = (trial, point)
+        self.launched += 1
+        ds_config = self.ds_configs[point]
+        trial.set_user_attr("point", point.label())
+        trial.set_user_attr("ds_config", ds_config)
+        self.on_event("start", {"number": trial.number, "index": self.launched, "point": point})
+        return {"point": point.params(), "trial_number": trial.number, "ds_config": ds_config}
+
+    def _next(self, remaining: list[Point]) -> tuple[Trial, Point]:
+        if self.space.search.sampler == "tpe":
+            for _ in range(_TPE_TRIES):
+                trial = self.study.ask()
+                point = suggest_point(trial, self.space, self.valid)
+                if point in remaining:
+                    return trial, point
+                self._tell_duplicate(trial, point)
+        choice = remaining[0] if self.space.search.sampler == "grid" else self.rng.choice(remaining)
+        self.study.enqueue_trial(choice.params())
+        trial = self.study.ask()
+        point = suggest_point(trial, self.space, self.valid)
+        assert point == choice, f"enqueued {choice} but the trial suggested {point}"
+        return trial, point
+
+    def _tell_duplicate(self, trial: Trial, point: Point) -> None:
+        """TPE proposed a point already measured: reuse its value (Optuna's advice) without running it."""
+        earlier = self.done.get(point)
+        trial.set_user_attr("point", point.label())
+        if earlier is not None and earlier.state == TrialState.COMPLETE:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            self.study.tell(trial, earlier.value)
+            return
+        number = earlier.number if earlier is not None else None
+        trial.set_user_attr("duplicate_of", number if number is not None else -1)
+        trial.set_user_attr("failure_category", "duplicate")
+        trial.set_user_attr("failure_reason", "proposed a point already failed or running; not run again")
+        self.study.tell(trial, state=TrialState.FAIL)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        entry = self.in_flight.pop(trial_id, None)
+        if entry is None:
+            return
+        trial, point = entry
+        outcome = _outcome(result, error)
+        self.record(trial, outcome)
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        self.done[point] = frozen
+        self.on_event("end", {"number": trial.number, "point": point, "result": outcome, "trial": frozen})
+
+    def record(self, trial: Trial, outcome: TrialResult) -> None:
+        """Write the figures and end the trial; whatever goes wrong, it must not stay RUNNING."""
+        try:
+            for key, value in outcome.user_attrs().items():
+                trial.set_user_attr(key, value)
+            value = outcome.figures.get(self.space.search.objective) if outcome.ok else None
+            if value is not None and math.isfinite(value):
+                self.study.tell(trial, value)
+            else:
+                if outcome.ok:
+                    trial.set_user_attr("failure_category", failures.TUNER_ERROR)
+                    trial.set_user_attr("failure_reason", f"objective {self.space.search.objective} is not finite")
+                self.study.tell(trial, state=TrialState.FAIL)
+        except Exception:
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+
+    def abandon_in_flight(self, reason: str) -> None:
+        """Trials Tune never finished (stopped or interrupted) end as FAIL with `reason`."""
+        for trial_id in list(self.in_flight):
+            trial, _ = self.in_flight.pop(trial_id)
+            trial.set_user_attr("failure_category", "interrupted")
+            trial.set_user_attr("failure_reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _outcome(result: dict[str, Any] | None, error: bool) -> TrialResult:
+    """The trial's TrialResult from its last Tune report, or a tuner error when there is none."""
+    if result and RESULT_KEY in result:
+        return TrialResult(**json.loads(result[RESULT_KEY]))
+    why = "the Tune trial raised an error" if error else "the Tune trial ended without a result"
+    return TrialResult.failed(failures.TUNER_ERROR, why + "; see the Ray logs under the run folder")

@@ -1,0 +1,253 @@
+"""The search-space file: a pydantic schema, and `load_space` that reads and validates it.
+
+The key names are a contract with users' YAML files: new keys may be added, none renamed.
+`parse_space` is pure (a mapping in, a `Space` out); `load_space` is the edge that reads the YAML and
+the files it names (a model's config.json, a base DeepSpeed config) relative to the YAML's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+from tuner.errors import SpaceError
+
+DEFAULT_STORAGE = "sqlite:///tuner.sqlite3"
+OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
+    "tokens_per_s": "maximize",
+    "samples_per_s": "maximize",
+    "step_time_s": "minimize",
+    "peak_mem_gb": "minimize",
+}
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+
+T = TypeVar("T")
+
+
+def _as_unique_list(value: Any) -> Any:
+    """Accept a scalar as a one-element list; reject empty lists and repeated values."""
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise ValueError("must list at least one value")
+    keys = [(type(item).__name__, repr(item)) for item in value]
+    for index, key in enumerate(keys):
+        if key in keys[:index]:
+            raise ValueError(f"value {value[index]!r} is listed twice")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    config: str | dict[str, Any] = Field(
+        description="A local folder or config.json path, or an inline mapping with model_type and its fields."
+    )
+
+
+class DataSection(_Section):
+    sequence_length: PositiveInt = Field(description="Tokens per sample.")
+    source: Literal["synthetic"] = Field("synthetic", description="Random token ids; nothing is downloaded.")
+
+
+class TrainingSection(_Section):
+    global_batch_size: PositiveInt = Field(description="Samples per optimizer step, fixed across the space.")
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    base_config: str | dict[str, Any] | None = Field(
+        None, description="The rest of the DeepSpeed config (optimizer, scheduler, ...): a path or a mapping."
+    )
+
+
+class HardwareSection(_Section):
+    gpus_per_trial: PositiveInt = Field(1, description="Ranks per trial; CPU processes over gloo without GPUs.")
+    device_memory_gb: PositiveFloat | None = Field(None, description="Memory budget per device.")
+    accelerator: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when a GPU is visible.")
+
+
+class SpaceSection(_Section):
+    micro_batch_size: list[PositiveInt]
+    zero_stage: list[Literal[0, 1, 2, 3]] = [0, 1, 2, 3]
+    offload_optimizer: list[Literal["none", "cpu"]] = ["none"]
+    offload_param: list[Literal["none", "cpu"]] = ["none"]
+    activation_checkpointing: list[bool] = [False]
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _as_unique_list(value)
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _strict_bools(cls, value: Any) -> Any:
+        if any(not isinstance(item, bool) for item in value):
+            raise ValueError("must be true or false (or a list of them)")
+        return value
+
+
+class SearchSection(_Section):
+    sampler: Literal["grid", "random", "tpe"] = "grid"
+    max_trials: PositiveInt | None = Field(None, description="Most trials to launch; default: every valid point.")
+    objective: Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"] = "tokens_per_s"
+    seed: int = 0
+
+
+class TrialSection(_Section):
+    warmup_steps: int = Field(2, ge=0, description="Optimizer steps run before timing starts.")
+    measure_steps: PositiveInt = Field(5, description="Timed optimizer steps.")
+    timeout_s: PositiveFloat = Field(600.0, description="Wall-clock limit of one trial, all ranks.")
+
+
+class Space(_Section):
+    """A validated search space; `model.config` and `training.base_config` are resolved to mappings."""
+
+    study: str | None = None
+    storage: str | None = None
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection
+    hardware: HardwareSection = HardwareSection()
+    space: SpaceSection
+    search: SearchSection = SearchSection()
+    trial: TrialSection = TrialSection()
+
+    @field_validator("study")
+    @classmethod
+    def _study_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def model_config_dict(self) -> dict[str, Any]:
+        assert isinstance(self.model.config, dict), "load_space resolves model.config to a mapping"
+        return self.model.config
+
+    @property
+    def base_config_dict(self) -> dict[str, Any]:
+        assert not isinstance(self.training.base_config, str), "load_space resolves base_config"
+        return dict(self.training.base_config or {})
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return OBJECTIVES[self.search.objective]
+
+
+def _first_error(exc: ValidationError, model: type[BaseModel]) -> SpaceError:
+    """Turn pydantic's report into one line naming the YAML key and what is allowed."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        owner: Any = model
+        for part in loc[:-1]:
+            field = owner.model_fields.get(part)
+            owner = field.annotation if field is not None else None
+            if not (isinstance(owner, type) and issubclass(owner, BaseModel)):
+                break
+        allowed = ", ".join(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else ""
+        return SpaceError(key, f"unknown key; allowed here: {allowed}")
+    if err["type"] == "missing":
+        return SpaceError(key, "required key is missing")
+    message = err["msg"].removeprefix("Value error, ")
+    return SpaceError(key, f"{message} (got {err.get('input')!r})")
+
+
+def _check_storage(url: str, key: str) -> None:
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise SpaceError(key, f"an SQLAlchemy URL such as sqlite:///tuner.sqlite3 is allowed, not {url!r}")
+
+
+def _check_model_config(config: dict[str, Any]) -> None:
+    """The architecture must be one transformers can build offline."""
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise SpaceError("model.config.model_type", "required: a transformers architecture such as gpt2 or llama")
+    if model_type not in CONFIG_MAPPING:
+        raise SpaceError("model.config.model_type", f"unknown architecture {model_type!r}; e.g. gpt2, llama, qwen2")
+
+
+def parse_space(raw: Any, default_study: str) -> Space:
+    """Validate a loaded YAML document; file references must already be resolved to mappings."""
+    if not isinstance(raw, dict):
+        raise SpaceError("(top level)", "the file must be a mapping of sections (model, data, training, space, ...)")
+    try:
+        space = Space.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, Space) from None
+    if space.study is None:
+        space = space.model_copy(update={"study": default_study})
+    if space.storage is not None:
+        _check_storage(space.storage, "storage")
+    _check_model_config(space.model_config_dict)
+    return space
+
+
+def _read_mapping(value: str, base_dir: Path, key: str, folder_file: str) -> dict[str, Any]:
+    """Read a JSON or YAML mapping from a path relative to the space file (a folder means `folder_file`)."""
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_dir():
+        path = path / folder_file
+    if not path.is_file():
+        raise SpaceError(key, f"no such file: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise SpaceError(key, f"{path} is not valid JSON or YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise SpaceError(key, f"{path} must hold a mapping")
+    return loaded
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at `path`, with syntax errors as one-line SpaceErrors."""
+    if not path.is_file():
+        raise SpaceError(str(path), "no such space file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpaceError(str(path), f"YAML syntax error{where}: {problem}") from None
+
+
+def load_space(path: Path, study: str | None = None, storage: str | None = None) -> Space:
+    """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        model = raw.get("model")
+        if isinstance(model, dict) and isinstance(model.get("config"), str):
+            raw["model"] = {
+                **model,
+                "config": _read_mapping(model["config"], path.parent, "model.config", "config.json"),
+            }
+        training = raw.get("training")
+        if isinstance(training, dict) and isinstance(training.get("base_config"), str):
+            base = _read_mapping(training["base_config"], path.parent, "training.base_config", "ds_config.json")
+            raw["training"] = {**training, "base_config": base}
+    space = parse_space(raw, default_study=path.stem)
+    updates: dict[str, Any] = {}
+    if study is not None:
+        if not study.strip():
+            raise SpaceError("--study", "must not be empty")
+        updates["study"] = study
+    if storage is not None:
+        _check_storage(storage, "--storage")
+        updates["storage"] = storage
+    return space.model_copy(update=updates) if updates else space
+
+
+def space_document(space: Space) -> str:
+    """The resolved space as JSON, kept with the study so a result can be traced to its inputs."""
+    return json.dumps(space.model_dump(mode="json"), indent=2, sort_keys=True)

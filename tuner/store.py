@@ -1,0 +1,48 @@
+"""The Optuna storage and nothing else: open it by URL, find studies and the trials worth exporting."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import SpaceError
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and provenance files."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def open_storage(url: str, key: str = "storage") -> RDBStorage:
+    """Connect (creating Optuna's tables if needed); an unusable URL is the user's error, on one line."""
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Wait for a lock instead of failing at once when optuna-dashboard reads the same file.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpaceError(key, f"cannot open storage {redact(url)}: {detail}") from None
+
+
+def load_study(storage: RDBStorage, name: str, key: str = "--study") -> optuna.Study:
+    """An existing study; a missing name lists the ones that exist."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise SpaceError(key, f"no study named {name!r} in this storage; studies: {known}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial by the study's direction, or None when none completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_trial if complete else None

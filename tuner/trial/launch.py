@@ -1,0 +1,185 @@
+"""Start a trial's ranks under torchrun, enforce its timeout, leave nothing behind, say why it failed.
+
+The ranks run in a new session (their own process group), started from an argument list, never a
+shell string. Whatever happens, the whole group is killed before `run_trial` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tuner.result import TrialResult, figures_from_worker
+from tuner.trial import failures
+
+_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_CATEGORY_PRIORITY = (failures.OOM, failures.INVALID_CONFIG, failures.CRASH)
+
+
+def worker_command(spec_path: Path, ranks: int) -> list[str]:
+    """torchrun with a free rendezvous port (--standalone), as an argument list."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks),
+        "-m", "tuner.trial.worker", str(spec_path),
+    ]  # fmt: skip
+
+
+def worker_env(accelerator: str, ranks: int) -> dict[str, str]:
+    """The environment of the ranks: the accelerator forced, CPU threads shared out between ranks."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if accelerator == "cpu":
+        env["DS_ACCELERATOR"] = "cpu"
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+    return env
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the trial's process group, then SIGKILL whatever is left of it."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.1)
+    if proc.poll() is None:
+        proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _rank_failure(trial_dir: Path) -> tuple[str, str] | None:
+    """The root cause among the ranks' error files: an OOM outranks the crashes it causes in peers."""
+    errors = []
+    for path in sorted(trial_dir.glob("error_rank*.json")):
+        try:
+            errors.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    if not errors:
+        return None
+    errors.sort(key=lambda e: _CATEGORY_PRIORITY.index(e["category"]) if e["category"] in _CATEGORY_PRIORITY else 9)
+    first = errors[0]
+    return first["category"], f"rank {first['rank']} ({first['phase']}): {first['reason']}"
+
+
+def _exit_failure(returncode: int, log_text: str) -> tuple[str, str]:
+    """A rank died without writing why: report how torchrun saw it exit."""
+    codes = [int(c) for c in _EXITCODE.findall(log_text)]
+    worst = next((c for c in codes if c < 0), codes[0] if codes else returncode)
+    how = failures.describe_exit(worst)
+    if worst == -signal.SIGKILL:
+        return failures.CRASH, f"a rank was {how} (the kernel's out-of-memory killer, or a kill from outside)"
+    if failures.is_oom(log_text[-20000:]):
+        return failures.OOM, f"a rank ran out of memory ({how})"
+    return failures.CRASH, f"a rank died: {how}"
+
+
+def run_trial(
+    spec: dict[str, Any],
+    trial_dir: Path,
+    *,
+    ranks: int,
+    accelerator: str,
+    timeout_s: float,
+    global_batch: int,
+    sequence_length: int,
+) -> TrialResult:
+    """Run one trial to completion, failure or timeout; never raises for the trial's own faults."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = trial_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    log_path = trial_dir / "trial.log"
+    start = time.monotonic()
+    with log_path.open("wb") as log:
+        try:
+            proc = subprocess.Popen(
+                worker_command(spec_path, ranks),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=worker_env(accelerator, ranks),
+                cwd=trial_dir,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return TrialResult.failed(failures.LAUNCH_ERROR, failures.one_line(exc), str(log_path))
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)  # also reaps ranks that outlived torchrun
+    duration = time.monotonic() - start
+    tail = _tail(log_path)
+    if timed_out:
+        return TrialResult.failed(
+            failures.TIMEOUT,
+            f"no result after trial.timeout_s={timeout_s:g}s; all ranks killed",
+            str(log_path),
+            tail,
+            duration,
+        )
+    result_path = trial_dir / "result.json"
+    if proc.returncode == 0 and result_path.is_file():
+        raw = json.loads(result_path.read_text())
+        figures = figures_from_worker(raw, global_batch, sequence_length)
+        return TrialResult(figures, None, None, str(log_path), "", duration)
+    found = _rank_failure(trial_dir)
+    if found is None:
+        if proc.returncode == 0:
+            found = (failures.CRASH, "the ranks exited without writing a result")
+        else:
+            found = _exit_failure(proc.returncode, log_path.read_text(errors="replace"))
+    return TrialResult.failed(found[0], found[1], str(log_path), tail, duration)
+
+
+def prebuild_ops(accelerator: str, need_cpu_adam: bool, log_path: Path) -> str | None:
+    """Compile DeepSpeed's JIT ops once, before any trial, so compilation never eats a trial's timeout.
+
+    Returns None on success, or a one-line reason (the trials that need the op will then fail and say so).
+    """
+    if accelerator != "cpu" and not need_cpu_adam:
+        return None
+    code = ["from deepspeed.accelerator import get_accelerator"]
+    if accelerator == "cpu":
+        code.append("from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()")
+    if need_cpu_adam:
+        code.append("from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        done = subprocess.run(
+            [sys.executable, "-c", "\n".join(code)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker_env(accelerator, 1),
+            check=False,
+        )
+    if done.returncode != 0:
+        return f"building DeepSpeed ops failed ({failures.describe_exit(done.returncode)}); see {log_path}"
+    return None
