@@ -84,6 +84,12 @@ class StudySearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         return True  # the space lives in this searcher, not in Tune's config
 
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune's experiment checkpoints are not needed: the Optuna store is this search's state."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Nothing to restore: a rerun reads finished points from the store."""
+
     def remaining(self) -> list[Point]:
         busy = {p for _, p in self.in_flight.values()}
         return [p for p in self.valid if p not in self.done and p not in busy]

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from tuner.errors import SpaceError
 
@@ -28,16 +37,18 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql"
 T = TypeVar("T")
 
 
-def _as_unique_list(value: Any) -> Any:
-    """Accept a scalar as a one-element list; reject empty lists and repeated values."""
+def _as_list(value: Any) -> list[Any]:
+    """Accept a scalar as a one-element list; reject empty lists."""
     if not isinstance(value, list):
         value = [value]
     if not value:
         raise ValueError("must list at least one value")
-    keys = [(type(item).__name__, repr(item)) for item in value]
-    for index, key in enumerate(keys):
-        if key in keys[:index]:
-            raise ValueError(f"value {value[index]!r} is listed twice")
+    return value
+
+
+def _path_or_mapping(value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, dict)):
+        raise ValueError("must be a path or a mapping")
     return value
 
 
@@ -49,6 +60,8 @@ class ModelSection(_Section):
     config: str | dict[str, Any] = Field(
         description="A local folder or config.json path, or an inline mapping with model_type and its fields."
     )
+
+    _config = field_validator("config", mode="before")(_path_or_mapping)
 
 
 class DataSection(_Section):
@@ -62,6 +75,8 @@ class TrainingSection(_Section):
     base_config: str | dict[str, Any] | None = Field(
         None, description="The rest of the DeepSpeed config (optimizer, scheduler, ...): a path or a mapping."
     )
+
+    _base = field_validator("base_config", mode="before")(_path_or_mapping)
 
 
 class HardwareSection(_Section):
@@ -79,14 +94,21 @@ class SpaceSection(_Section):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return _as_unique_list(value)
-
-    @field_validator("activation_checkpointing", mode="before")
-    @classmethod
-    def _strict_bools(cls, value: Any) -> Any:
-        if any(not isinstance(item, bool) for item in value):
+    def _lists(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _as_list(value)
+        is_bool = [isinstance(item, bool) for item in value]
+        if info.field_name == "activation_checkpointing" and not all(is_bool):
             raise ValueError("must be true or false (or a list of them)")
+        if info.field_name in ("micro_batch_size", "zero_stage") and any(is_bool):
+            raise ValueError("must be integers, not true/false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        for index, item in enumerate(value):
+            if item in value[:index]:
+                raise ValueError(f"value {item!r} is listed twice")
         return value
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny model and the one-time build of DeepSpeed's CPU ops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_GPT2: dict[str, Any] = {
+    "model_type": "gpt2",
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 4,
+    "n_positions": 128,
+    "vocab_size": 512,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Folders mark their tests, so `-m "not integration and not e2e"` selects the fast suite."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("integration", "e2e"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def cpu_ops(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compile DeepSpeed's shm-comm and cpu_adam ops once (cached across runs), as `tuner search` does."""
+    from tuner.trial.launch import prebuild_ops
+
+    problem = prebuild_ops("cpu", True, tmp_path_factory.mktemp("ops") / "prebuild.log")
+    assert problem is None, problem
+
+
+@pytest.fixture
+def no_ray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a test's own Ray session from attaching to another one."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

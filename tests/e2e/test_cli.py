@@ -1,0 +1,159 @@
+"""The real CLI end to end: `tuner search` (Ray Tune + real DeepSpeed trials + SQLite), `tuner export`,
+and the exported config training under the `deepspeed` launcher. Plus bad input through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import REPO, TINY_GPT2
+
+SPACE: dict[str, Any] = {
+    "study": "e2e",
+    "model": {"config": TINY_GPT2},
+    "data": {"sequence_length": 64},
+    "training": {
+        "global_batch_size": 8,
+        "precision": "bf16",
+        "base_config": {"optimizer": {"type": "AdamW", "params": {"lr": 0.0002}}, "gradient_clipping": 1.0},
+    },
+    "hardware": {"gpus_per_trial": 2},
+    "space": {"micro_batch_size": [2], "zero_stage": [0, 3], "offload_optimizer": ["none", "cpu"]},
+    "search": {"sampler": "grid"},
+    "trial": {"warmup_steps": 1, "measure_steps": 2, "timeout_s": 240},
+}
+
+
+def tuner(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("TUNER_STORAGE", None)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "tuner"), *args],  # the console script, as a user runs it
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def write_space(tmp_path: Path, raw: dict[str, Any], name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
+    space_path = write_space(tmp_path, SPACE)
+    done = tuner("search", str(space_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 valid point(s); 1 dropped" in done.stdout
+    assert "offload_optimizer needs zero_stage 1 or higher" in done.stdout
+    assert "[3/3] trial" in done.stdout
+    assert "best: trial" in done.stdout
+
+    url = f"sqlite:///{tmp_path / 'tuner.sqlite3'}"
+    study = optuna.load_study(study_name="e2e", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 3
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
+    points = {(t.params["zero_stage"], t.params.get("offload_optimizer", "none")) for t in trials}
+    assert points == {(0, "none"), (3, "none"), (3, "cpu")}
+    for t in trials:
+        assert Path(t.user_attrs["log_path"]).is_file()
+        assert t.user_attrs["ds_config"]["zero_optimization"]["stage"] == t.params["zero_stage"]
+        if t.state == TrialState.COMPLETE:
+            assert t.value == t.user_attrs["tokens_per_s"] > 0
+            assert t.user_attrs["peak_mem_gb"] > 0
+        else:
+            assert t.user_attrs["failure_category"] and t.user_attrs["failure_reason"]
+    assert study.user_attrs["space"]["training"]["global_batch_size"] == 8
+
+    # Running the same command again measures nothing twice.
+    again = tuner("search", str(space_path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "0 point(s) to run" in again.stdout
+    assert len(optuna.load_study(study_name="e2e", storage=url).get_trials()) == 3
+
+    out = tmp_path / "export" / "ds_config.json"
+    exported = tuner("export", "--study", "e2e", "--output", str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    config = json.loads(out.read_text())
+    assert config == study.best_trial.user_attrs["ds_config"]
+    assert config["optimizer"]["params"]["lr"] == 0.0002 and config["gradient_clipping"] == 1.0
+    assert config["train_batch_size"] == 8
+    assert config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * 2 == 8
+    prov = json.loads((out.parent / "ds_config.provenance.json").read_text())
+    assert prov["study"] == "e2e" and prov["trial"] == study.best_trial.number
+    assert prov["figures"]["tokens_per_s"] == study.best_value
+    assert {"torch", "deepspeed", "tuner"} <= set(prov["versions"])
+    assert "global_batch_size: 8" in prov["space_yaml"]
+
+    model_json = tmp_path / "model.json"
+    model_json.write_text(json.dumps(TINY_GPT2))
+    train = subprocess.run(
+        [
+            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+            str(REPO / "examples" / "train.py"), "--deepspeed_config", str(out),
+            "--model-config", str(model_json), "--sequence-length", "64", "--steps", "2",
+        ],
+        cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "step 2/2 loss" in train.stdout
+
+
+BAD_INPUTS = [
+    ({"space": {"micro_batch_size": [2], "foo": 1}}, "space.foo: unknown key"),
+    ({"space": {"micro_batch_size": []}}, "space.micro_batch_size"),
+    ({"space": {"micro_batch_size": [2], "zero_stage": [4]}}, "space.zero_stage"),
+    ({"data": {"sequence_length": "long"}}, "data.sequence_length"),
+    ({"model": {"config": "no/such/folder"}}, "model.config: no such file"),
+    ({"space": {"micro_batch_size": [3]}}, "space: no valid point"),
+    ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS, ids=[m.split(":")[0] for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(change: dict[str, Any], message: str, tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(SPACE))
+    for section, value in change.items():
+        raw[section] = {**raw[section], **value} if isinstance(value, dict) and section in raw else value
+    done = tuner("search", str(write_space(tmp_path, raw)), cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tuner.sqlite3").exists()
+    assert not (tmp_path / "tuner_runs").exists()
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  config: [unclosed\n")
+    done = tuner("search", str(broken), cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "YAML syntax error at line" in done.stderr
+    missing = tuner("search", str(tmp_path / "nope.yaml"), cwd=tmp_path, timeout=120)
+    assert missing.returncode == 2 and "no such space file" in missing.stderr
+    assert not (tmp_path / "tuner.sqlite3").exists()
+
+
+def test_export_of_an_unknown_study_names_the_ones_that_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    optuna.create_study(study_name="present", storage=url)
+    done = tuner("export", "--study", "absent", "--storage", url, "--output", "x.json", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "no study named 'absent'" in done.stderr and "present" in done.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    for args in (["--help"], ["search", "--help"], ["export", "--help"]):
+        done = tuner(*args, cwd=tmp_path, timeout=120)
+        assert done.returncode == 0 and "Usage" in done.stdout

@@ -1,0 +1,154 @@
+"""Search logic with a fake runner: what each sampler proposes and what lands in the store.
+
+No Ray and no DeepSpeed here; the end-to-end tests run the real thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from tuner.dsconfig import build_ds_config
+from tuner.points import Point, enumerate_points
+from tuner.result import TrialResult
+from tuner.searcher import RESULT_KEY, StudySearcher, suggest_point
+from tuner.space import Space, parse_space
+
+RAW: dict[str, Any] = {
+    "model": {"config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 128}},
+    "data": {"sequence_length": 16},
+    "training": {"global_batch_size": 8},
+    "hardware": {"gpus_per_trial": 2},
+    "space": {
+        "micro_batch_size": [1, 2, 4, 8],
+        "zero_stage": [0, 1, 2, 3],
+        "offload_optimizer": ["none", "cpu"],
+        "offload_param": ["none", "cpu"],
+        "activation_checkpointing": [False, True],
+    },
+}
+
+
+def make_space(sampler: str, **search: Any) -> Space:
+    raw = json.loads(json.dumps(RAW))
+    raw["search"] = {"sampler": sampler, **search}
+    return parse_space(raw, default_study="unit")
+
+
+def fake_result(point: Point) -> TrialResult:
+    """A made-up measurement: bigger micro-batches are faster, stage 3 + param offload fails."""
+    if point.offload_param == "cpu":
+        return TrialResult.failed("oom", "fake: out of memory", "/nonexistent/trial.log", "tail")
+    tokens = 1000.0 * point.micro_batch_size - 10 * point.zero_stage - 5 * point.activation_checkpointing
+    figures = {"tokens_per_s": tokens, "samples_per_s": tokens / 16, "step_time_s": 1.0, "peak_mem_gb": 0.5}
+    return TrialResult(figures, log_path="/nonexistent/trial.log", duration_s=1.0)
+
+
+def drive(space: Space, study: optuna.Study) -> tuple[StudySearcher, list[Point]]:
+    """Run the searcher's suggest/complete cycle the way Tune does, one trial at a time."""
+    valid = enumerate_points(space).valid
+    configs = {p: build_ds_config({}, p, global_batch=8, ranks=2, precision="bf16", accelerator="cpu") for p in valid}
+    remaining = len(valid) - len(StudySearcher(study, space, valid, configs, 0, lambda *_: None).done)
+    budget = min(space.search.max_trials or remaining, remaining)
+    events: list[tuple[str, dict[str, Any]]] = []
+    searcher = StudySearcher(study, space, valid, configs, budget, lambda kind, data: events.append((kind, data)))
+    run: list[Point] = []
+    for i in range(200):
+        suggestion = searcher.suggest(f"t{i}")
+        if suggestion == Searcher.FINISHED:
+            break
+        assert suggestion is not None
+        point = Point.from_params(suggestion["point"])
+        assert suggestion["ds_config"] == configs[point]
+        run.append(point)
+        result = fake_result(point)
+        searcher.on_trial_complete(f"t{i}", {RESULT_KEY: json.dumps(dataclasses.asdict(result))})
+    assert sum(kind == "end" for kind, _ in events) == len(run)
+    return searcher, run
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+def test_every_valid_point_runs_once_and_nothing_stays_running(sampler: str) -> None:
+    space = make_space(sampler)
+    study = optuna.create_study(direction="maximize")
+    _, run = drive(space, study)
+    valid = enumerate_points(space).valid
+    assert sorted(run) == sorted(valid)  # each valid point exactly once, no invalid one
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    real = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert len(real) == len(valid)
+    for t in real:
+        point = Point.from_params(t.params)
+        assert t.user_attrs["point"] == point.label()
+        assert t.user_attrs["ds_config"]["train_micro_batch_size_per_gpu"] == point.micro_batch_size
+        if point.offload_param == "cpu":
+            assert t.state == TrialState.FAIL
+            assert t.user_attrs["failure_category"] == "oom"
+            assert t.user_attrs["failure_reason"] == "fake: out of memory"
+        else:
+            assert t.state == TrialState.COMPLETE
+            assert t.value == t.user_attrs["tokens_per_s"]
+    best = study.best_trial
+    largest = max(p.micro_batch_size for p in valid)  # 4: 8 x 2 ranks does not divide the global batch 8
+    assert best.params["micro_batch_size"] == largest == 4 and best.params["zero_stage"] == 0
+
+
+def test_grid_runs_points_in_enumeration_order() -> None:
+    space = make_space("grid")
+    _, run = drive(space, optuna.create_study(direction="maximize"))
+    assert run == list(enumerate_points(space).valid)
+
+
+def test_max_trials_caps_the_launches_and_a_rerun_continues_without_repeats() -> None:
+    space = make_space("random", max_trials=5, seed=3)
+    study = optuna.create_study(direction="maximize")
+    _, first = drive(space, study)
+    _, second = drive(space, study)
+    assert len(first) == 5 and len(second) == 5
+    assert not set(first) & set(second)  # completed and failed points are never measured twice
+
+
+def test_tpe_suggestions_are_conditional_on_the_stage() -> None:
+    space = make_space("tpe")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    valid = enumerate_points(space).valid
+    for _ in range(40):
+        trial = study.ask()
+        point = suggest_point(trial, space, valid)
+        assert point in valid
+        assert ("offload_param" in trial.params) == (point.zero_stage == 3)
+        assert ("offload_optimizer" in trial.params) == (point.zero_stage >= 1)
+        study.tell(trial, 0.0)
+
+
+def test_a_result_without_figures_or_a_raised_trial_ends_as_fail() -> None:
+    space = make_space("grid", max_trials=2)
+    study = optuna.create_study(direction="maximize")
+    valid = enumerate_points(space).valid
+    configs = {p: {} for p in valid}
+    searcher = StudySearcher(study, space, valid, configs, 2, lambda *_: None)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_complete("a", None, error=True)
+    searcher.on_trial_complete("b", {"tokens_per_s": float("nan")})
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.FAIL]
+    assert {t.user_attrs["failure_category"] for t in study.trials} == {"tuner_error"}
+
+
+def test_abandoned_trials_are_failed_as_interrupted() -> None:
+    space = make_space("grid", max_trials=3)
+    study = optuna.create_study(direction="maximize")
+    valid = enumerate_points(space).valid
+    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.abandon_in_flight("stopped")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all(t.user_attrs["failure_category"] == "interrupted" for t in study.trials)
