@@ -1,7 +1,7 @@
 """A minimal production-style training script for an exported ds_config.json.
 
     deepspeed --num_gpus 2 examples/train.py --deepspeed_config ds_config.json \
-        --model-config model.json --sequence-length 128 --steps 5
+        --model-config ds_config.provenance.json --sequence-length 128 --steps 5
 
 It reads the batch layout from the DeepSpeed config (as a real job does), trains a causal LM built from
 a transformers config with random weights on random tokens, and prints the loss of every step.
@@ -24,7 +24,12 @@ from tuner.workload import hf_causal_lm
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepspeed_config", type=Path, required=True)
-    parser.add_argument("--model-config", type=Path, required=True, help="a transformers config.json")
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        required=True,
+        help="a transformers config.json, or the export's provenance file (its model_config and checkpointing)",
+    )
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -37,8 +42,10 @@ def main() -> None:
     if accel.device_name() == "cuda":
         accel.set_device(local_rank)
     ds_config = json.loads(args.deepspeed_config.read_text())
-    model = hf_causal_lm.build_model(json.loads(args.model_config.read_text()), seed=0)
-    if args.gradient_checkpointing:
+    model_json = json.loads(args.model_config.read_text())
+    checkpointing = args.gradient_checkpointing or bool(model_json.get("activation_checkpointing"))
+    model = hf_causal_lm.build_model(model_json.get("model_config", model_json), seed=0)
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     vocab = hf_causal_lm.vocab_size(model)

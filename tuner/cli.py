@@ -101,9 +101,13 @@ class _Progress:
 def _summary_table(study: Any, objective: str) -> Table:
     from optuna.trial import TrialState
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("duplicate_of") is None]
+    from tuner.store import measured_trials
+
+    trials = measured_trials(study)
     maximize = study.direction.name == "MAXIMIZE"
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=maximize)
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: float(t.value or 0.0), reverse=maximize
+    )
     rest = [t for t in trials if t.state != TrialState.COMPLETE]
     table = Table(title=f"study {study.study_name}: {len(complete)} complete, {len(rest)} not", title_justify="left")
     for name in ("#", "point", "state", "tokens/s", "step s", "cv", "peak GB", "failure"):
@@ -122,13 +126,13 @@ def _failure_lines(study: Any) -> list[str]:
     """One line per failed trial: its reason and where its log is."""
     from optuna.trial import TrialState
 
+    from tuner.store import measured_trials
+
     lines = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    for t in measured_trials(study, (TrialState.FAIL,)):
         a = t.user_attrs
-        if a.get("duplicate_of") is None:
-            lines.append(
-                f"  trial {t.number} {a.get('failure_category')}: {a.get('failure_reason')} (log: {a.get('log_path')})"
-            )
+        reason = f"{a.get('failure_category')}: {a.get('failure_reason')}"
+        lines.append(f"  trial {t.number} {reason} (log: {a.get('log_path')})")
     return lines
 
 

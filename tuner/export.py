@@ -90,6 +90,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "accelerator": study.user_attrs.get("accelerator"),
             "sequence_length": space.get("data", {}).get("sequence_length"),
         },
+        "model_config": space.get("model", {}).get("config"),
         "activation_checkpointing": bool(trial.params.get("activation_checkpointing", False)),
         "note": (
             "Enable activation checkpointing in the model (transformers: model.gradient_checkpointing_enable())"

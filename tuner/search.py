@@ -54,6 +54,7 @@ def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[st
         "warmup_steps": space.trial.warmup_steps,
         "measure_steps": space.trial.measure_steps,
         "seed": space.search.seed,
+        "device_memory_gb": space.hardware.device_memory_gb,
         "ds_config": ds_config,
     }
 
@@ -142,6 +143,8 @@ def run_search(
     remaining = searcher.remaining()
     searcher.budget = min(space.search.max_trials or len(remaining), len(remaining))
     on_event("plan", {"remaining": len(remaining), "budget": searcher.budget, "accelerator": accelerator})
+    if accelerator == "cpu" and space.hardware.device_memory_gb is not None:
+        on_event("warning", {"message": "hardware.device_memory_gb is enforced on GPUs only; on CPU it has no effect"})
     if searcher.budget == 0:
         return SearchOutcome(study, enumeration, 0)
 

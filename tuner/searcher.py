@@ -24,6 +24,7 @@ from ray.tune.search import Searcher
 from tuner.points import Point
 from tuner.result import TrialResult
 from tuner.space import Space
+from tuner.store import measured_trials
 from tuner.trial import failures
 
 RESULT_KEY = "tuner_result"
@@ -51,8 +52,8 @@ def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point
 def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial]:
     """Points already measured in the study (COMPLETE or FAIL), so a rerun never measures them twice."""
     out: dict[Point, optuna.trial.FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if t.user_attrs.get("duplicate_of") is None and t.params:
+    for t in measured_trials(study, (TrialState.COMPLETE, TrialState.FAIL)):
+        if t.params:
             out.setdefault(Point.from_params(t.params), t)
     return out
 

@@ -42,7 +42,15 @@ def load_study(storage: RDBStorage, name: str, key: str = "--study") -> optuna.S
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def measured_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    """Trials that ran, leaving out the records of points TPE proposed twice (`duplicate_of`)."""
+    return [t for t in study.get_trials(deepcopy=False, states=states) if "duplicate_of" not in t.user_attrs]
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial by the study's direction, or None when none completed."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
+    """The best measured COMPLETE trial by the study's direction (earliest on ties), or None."""
+    complete = measured_trials(study, (TrialState.COMPLETE,))
+    if not complete:
+        return None
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))

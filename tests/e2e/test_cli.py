@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +98,56 @@ def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
     assert {"torch", "deepspeed", "tuner"} <= set(prov["versions"])
     assert "global_batch_size: 8" in prov["space_yaml"]
 
-    model_json = tmp_path / "model.json"
-    model_json.write_text(json.dumps(TINY_GPT2))
+    assert prov["model_config"] == TINY_GPT2
     train = subprocess.run(
         [
             sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
             str(REPO / "examples" / "train.py"), "--deepspeed_config", str(out),
-            "--model-config", str(model_json), "--sequence-length", "64", "--steps", "2",
+            "--model-config", str(out.parent / "ds_config.provenance.json"), "--sequence-length", "64",
+            "--steps", "2",
         ],
         cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"},
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "step 2/2 loss" in train.stdout
+
+    assert_dashboard_shows(url, "e2e", study.best_trial.number)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_dashboard_shows(url: str, study_name: str, trial_number: int) -> None:
+    """optuna-dashboard on the same store lists the study and the trial's user attributes."""
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen(
+        [str(dashboard), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        studies = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
+                    studies = json.load(resp)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        study_id = next(s["study_id"] for s in studies if s["study_name"] == study_name)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0", timeout=10) as resp:
+            detail = json.load(resp)
+        trial = next(t for t in detail["trials"] if t["number"] == trial_number)
+        keys = {a["key"] for a in trial["user_attrs"]}
+        assert {"tokens_per_s", "peak_mem_gb", "step_time_s", "ds_config", "log_path"} <= keys
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 BAD_INPUTS = [

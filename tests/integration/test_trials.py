@@ -103,7 +103,7 @@ def test_a_model_that_cannot_build_is_a_crash_with_its_reason(tmp_path: Path) ->
 def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path) -> None:
     start = time.monotonic()
     result = run(spec_for(Point(2, 0), measure_steps=1000), tmp_path, timeout_s=8)
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 120  # killed at the timeout, not after its 1000 steps
     assert result.failure_category == "timeout"
     assert "timeout_s=8" in (result.failure_reason or "")
     assert not processes_of(tmp_path / "trial")

@@ -51,6 +51,11 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     if on_gpu:
         accel.set_device(local_rank)
     device = torch.device(accel.device_name(local_rank))
+    budget_gb = spec.get("device_memory_gb")
+    if on_gpu and budget_gb:
+        # A budget below the card's size is enforced by the caching allocator: past it, a real OOM.
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 1024**3 / total), device)
 
     ds_config = spec["ds_config"]
     phase[0] = "build"

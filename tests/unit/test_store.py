@@ -1,0 +1,53 @@
+"""The storage edge: opening by URL, hiding passwords, picking the trial to export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.errors import SpaceError
+from tuner.store import best_trial, load_study, measured_trials, open_storage, redact
+
+
+def test_redact_hides_the_password_only() -> None:
+    shown = redact("postgresql+psycopg2://alice:s3cret@db.example:5432/tune")
+    assert "s3cret" not in shown and "alice" in shown and "db.example:5432/tune" in shown
+    assert redact("sqlite:///tuner.sqlite3") == "sqlite:///tuner.sqlite3"
+
+
+def test_unreachable_storage_is_a_one_line_error_without_the_password() -> None:
+    with pytest.raises(SpaceError) as info:
+        open_storage("postgresql+psycopg2://bob:hunter2@127.0.0.1:1/none", "--storage")
+    text = str(info.value)
+    assert text.startswith("--storage: cannot open storage") and "\n" not in text
+    assert "hunter2" not in text
+
+
+def test_sqlite_and_the_local_postgresql_open(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    optuna.create_study(study_name="s", storage=storage)
+    assert load_study(storage, "s").study_name == "s"
+    with pytest.raises(SpaceError, match=r"no study named 't'.*studies: s"):
+        load_study(storage, "t")
+    try:
+        open_storage("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    except SpaceError as exc:  # pragma: no cover - the machine's PostgreSQL is down
+        pytest.skip(f"no local PostgreSQL: {exc}")
+
+
+def test_best_trial_ignores_duplicate_records_and_prefers_the_earliest_tie() -> None:
+    study = optuna.create_study(direction="maximize")
+    for value, attrs in ((5.0, {}), (7.0, {}), (7.0, {"duplicate_of": 1}), (7.0, {})):
+        trial = study.ask()
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
+        study.tell(trial, value)
+    assert best_trial(study).number == 1  # type: ignore[union-attr]
+    assert [t.number for t in measured_trials(study)] == [0, 1, 3]
+    minimizing = optuna.create_study(direction="minimize")
+    assert best_trial(minimizing) is None
+    minimizing.add_trial(optuna.trial.create_trial(value=2.0))
+    minimizing.add_trial(optuna.trial.create_trial(value=1.0))
+    assert best_trial(minimizing).number == 1  # type: ignore[union-attr]
