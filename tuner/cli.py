@@ -132,7 +132,8 @@ def _failure_lines(study: Any) -> list[str]:
     for t in measured_trials(study, (TrialState.FAIL,)):
         a = t.user_attrs
         reason = f"{a.get('failure_category')}: {a.get('failure_reason')}"
-        lines.append(f"  trial {t.number} {reason} (log: {a.get('log_path')})")
+        log = f" (log: {a['log_path']})" if a.get("log_path") else ""
+        lines.append(f"  trial {t.number} {reason}{log}")
     return lines
 
 
@@ -175,16 +176,19 @@ def search(
 
     progress = _Progress(space.search.objective, space.direction == "maximize")
     try:
-        outcome = run_search(space, space_file, run_dir / space.study, progress, address=address)
+        searched = run_search(space, space_file, run_dir / space.study, progress, address=address)
     except SpaceError as exc:
         _fail(exc)
-    out.print(_summary_table(outcome.study, space.search.objective), soft_wrap=False)
-    failed = _failure_lines(outcome.study)
+    out.print(_summary_table(searched.study, space.search.objective), soft_wrap=False)
+    failed = _failure_lines(searched.study)
     if failed:
         out.print("failures:\n" + "\n".join(failed), markup=False)
     from tuner.store import best_trial
 
-    best = best_trial(outcome.study)
+    best = best_trial(searched.study)
+    if searched.interrupted:
+        err.print("interrupted: running trials were stopped and recorded; run the same command to continue")
+        raise typer.Exit(130)
     if best is None:
         err.print("error: no trial completed; see the failures above and the logs under " + str(run_dir))
         raise typer.Exit(1)

@@ -17,11 +17,20 @@ from typing import Any
 import optuna
 
 from tuner.dsconfig import build_ds_config
-from tuner.points import Enumeration, Point, enumerate_points, grad_accum
+from tuner.errors import SpaceError
+from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import open_storage
 from tuner.trial.launch import prebuild_ops, run_trial
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """The study after a search, and whether the search was stopped (Ctrl-C) with trials in flight."""
+
+    study: optuna.Study
+    interrupted: bool
 
 
 @dataclass(frozen=True)
@@ -93,13 +102,6 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
     }
 
 
-@dataclass
-class SearchOutcome:
-    study: optuna.Study
-    enumeration: Enumeration
-    launched: int
-
-
 def create_study(space: Space) -> optuna.Study:
     """The study in the space's storage (created or continued), with the resolved space kept on it."""
     assert space.study is not None and space.storage is not None
@@ -109,8 +111,6 @@ def create_study(space: Space) -> optuna.Study:
         study_name=space.study, storage=storage, direction=space.direction, sampler=sampler, load_if_exists=True
     )
     if study.direction != optuna.study.StudyDirection[space.direction.upper()]:
-        from tuner.errors import SpaceError
-
         raise SpaceError("search.objective", f"study {space.study!r} exists with the other direction; use --study")
     study.set_user_attr("objective", space.search.objective)
     study.set_user_attr("space", json.loads(space_document(space)))
@@ -123,7 +123,7 @@ def run_search(
     run_dir: Path,
     on_event: Callable[[str, dict[str, Any]], None],
     address: str | None = None,
-) -> SearchOutcome:
+) -> SearchRun:
     """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines, not Ray's tables
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -146,7 +146,7 @@ def run_search(
     if accelerator == "cpu" and space.hardware.device_memory_gb is not None:
         on_event("warning", {"message": "hardware.device_memory_gb is enforced on GPUs only; on CPU it has no effect"})
     if searcher.budget == 0:
-        return SearchOutcome(study, enumeration, 0)
+        return SearchRun(study, interrupted=False)
 
     need_cpu_adam = any(p.offload_optimizer == "cpu" for p in remaining)
     on_event("prebuild", {})
@@ -178,7 +178,7 @@ def run_search(
         ),
     )
     try:
-        tuner.fit()
+        tuner.fit()  # Tune turns Ctrl-C into a graceful stop of the running trials
     finally:
-        searcher.abandon_in_flight("the search stopped before the trial reported")
-    return SearchOutcome(study, enumeration, searcher.launched)
+        abandoned = searcher.abandon_in_flight("the search stopped before the trial reported")
+    return SearchRun(study, interrupted=abandoned > 0)

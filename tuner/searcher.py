@@ -28,6 +28,7 @@ from tuner.store import measured_trials
 from tuner.trial import failures
 
 RESULT_KEY = "tuner_result"
+INTERRUPTED = "interrupted"
 _TPE_TRIES = 20
 
 
@@ -50,10 +51,13 @@ def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point
 
 
 def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial]:
-    """Points already measured in the study (COMPLETE or FAIL), so a rerun never measures them twice."""
+    """Points already measured in the study (COMPLETE or FAIL), so a rerun never measures them twice.
+
+    A trial interrupted by a stopped search was not measured: its point runs again.
+    """
     out: dict[Point, optuna.trial.FrozenTrial] = {}
     for t in measured_trials(study, (TrialState.COMPLETE, TrialState.FAIL)):
-        if t.params:
+        if t.params and t.user_attrs.get("failure_category") != INTERRUPTED:
             out.setdefault(Point.from_params(t.params), t)
     return out
 
@@ -165,13 +169,15 @@ class StudySearcher(Searcher):
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
 
-    def abandon_in_flight(self, reason: str) -> None:
-        """Trials Tune never finished (stopped or interrupted) end as FAIL with `reason`."""
+    def abandon_in_flight(self, reason: str) -> int:
+        """Trials Tune never finished (stopped or interrupted) end as FAIL with `reason`; returns how many."""
+        abandoned = len(self.in_flight)
         for trial_id in list(self.in_flight):
             trial, _ = self.in_flight.pop(trial_id)
-            trial.set_user_attr("failure_category", "interrupted")
+            trial.set_user_attr("failure_category", INTERRUPTED)
             trial.set_user_attr("failure_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return abandoned
 
 
 def _outcome(result: dict[str, Any] | None, error: bool) -> TrialResult:

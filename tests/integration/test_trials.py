@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -106,4 +109,28 @@ def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path) -
     assert time.monotonic() - start < 120  # killed at the timeout, not after its 1000 steps
     assert result.failure_category == "timeout"
     assert "timeout_s=8" in (result.failure_reason or "")
+    assert not processes_of(tmp_path / "trial")
+
+
+def test_ranks_do_not_outlive_a_killed_tuner(tmp_path: Path) -> None:
+    """SIGKILL the process running the trial (as Ray does to a stopped trial's actor): no rank survives."""
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec_for(Point(2, 0), measure_steps=1000)))
+    code = (
+        "import json, sys; from pathlib import Path; from tuner.trial.launch import run_trial; "
+        f"run_trial(json.loads(Path({str(spec_path)!r}).read_text()), Path({str(tmp_path / 'trial')!r}), "
+        f"ranks={RANKS}, accelerator='cpu', timeout_s=600, global_batch={GLOBAL}, sequence_length={SEQ})"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 120
+        while len(processes_of(tmp_path / "trial")) < 3 and time.monotonic() < deadline:  # torchrun + 2 ranks
+            time.sleep(0.5)
+        assert len(processes_of(tmp_path / "trial")) >= 3, "the trial's ranks never started"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while processes_of(tmp_path / "trial") and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not processes_of(tmp_path / "trial")

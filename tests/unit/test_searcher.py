@@ -149,6 +149,9 @@ def test_abandoned_trials_are_failed_as_interrupted() -> None:
     searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
     searcher.suggest("a")
     searcher.suggest("b")
-    searcher.abandon_in_flight("stopped")
+    assert searcher.abandon_in_flight("stopped") == 2
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all(t.user_attrs["failure_category"] == "interrupted" for t in study.trials)
+    # Interrupted points were not measured: a rerun runs them again, first.
+    rerun = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
+    assert rerun.remaining() == list(valid)

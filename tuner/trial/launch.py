@@ -24,8 +24,9 @@ _CATEGORY_PRIORITY = (failures.OOM, failures.INVALID_CONFIG, failures.CRASH)
 
 
 def worker_command(spec_path: Path, ranks: int) -> list[str]:
-    """torchrun with a free rendezvous port (--standalone), as an argument list."""
+    """torchrun with a free rendezvous port (--standalone), as an argument list, dying with this process."""
     return [
+        sys.executable, "-m", "tuner.trial.guard", str(os.getpid()),
         sys.executable, "-m", "torch.distributed.run",
         "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks),
         "-m", "tuner.trial.worker", str(spec_path),

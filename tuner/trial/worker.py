@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.trial.failures import classify_exception, one_line
+from tuner.trial.guard import die_with_parent
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -131,6 +133,7 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Entry point of one rank; returns the process exit code."""
+    die_with_parent(signal.SIGKILL)  # a rank must not outlive its torchrun
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())
     out_dir = spec_path.parent
