@@ -90,10 +90,14 @@ class _Progress:
         if better:
             self.best = (value, data["number"])
         assert self.best is not None
+        f = result.figures
+        mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
+        noisy = " NOISY" if f.get("noisy") else ""
         out.print(
-            f"{head} {result.figures['tokens_per_s']:,.0f} tokens/s, step {result.figures['step_time_s']:.3f} s, "
-            f"peak {result.figures['peak_mem_gb']:.2f} GB  (best: trial {self.best[1]}, "
-            f"{self.objective}={self.best[0]:,.4g})",
+            f"{head} {f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu} "
+            f"step {f['step_time_s']:.3f} s (cv {f['step_time_cv']:.1%} over {f['measured_steps']:.0f}{noisy}), "
+            f"peak {f['peak_mem_gb']:.2f} GB, trial {result.duration_s:.0f} s of which fixed "
+            f"{f['fixed_overhead_s']:.0f} s  (best: trial {self.best[1]}, {self.objective}={self.best[0]:,.4g})",
             markup=False,
         )
 
@@ -110,13 +114,15 @@ def _summary_table(study: Any, objective: str) -> Table:
     )
     rest = [t for t in trials if t.state != TrialState.COMPLETE]
     table = Table(title=f"study {study.study_name}: {len(complete)} complete, {len(rest)} not", title_justify="left")
-    for name in ("#", "point", "state", "tokens/s", "step s", "cv", "peak GB", "failure"):
-        table.add_column(name, justify="right" if name in ("#", "tokens/s", "step s", "cv", "peak GB") else "left")
+    numeric = ("#", "tokens/s", "TFLOP/s/dev", "step s", "cv", "peak GB")
+    for name in ("#", "point", "state", "tokens/s", "TFLOP/s/dev", "step s", "cv", "peak GB", "failure"):
+        table.add_column(name, justify="right" if name in numeric else "left")
     for t in complete + rest:
         a = t.user_attrs
         table.add_row(
             str(t.number), a.get("point", ""), t.state.name, _fmt(a.get("tokens_per_s"), 0),
-            _fmt(a.get("step_time_s"), 3), _fmt(a.get("step_time_cv"), 3), _fmt(a.get("peak_mem_gb"), 2),
+            _fmt(a.get("tflops_per_device"), 3), _fmt(a.get("step_time_s"), 3),
+            _fmt(a.get("step_time_cv"), 3) + ("!" if a.get("noisy") else ""), _fmt(a.get("peak_mem_gb"), 2),
             a.get("failure_category", ""),
         )  # fmt: skip
     return table
@@ -146,6 +152,9 @@ def search(
     storage: StorageOpt = None,
     address: Annotated[str | None, typer.Option(help="An existing Ray cluster (auto, HOST:PORT, ray://...).")] = None,
     run_dir: Annotated[Path, typer.Option(help="Where trial logs go (a folder per study).")] = Path("tuner_runs"),
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, help="Most trials to launch in this run (overrides search.max_trials).")
+    ] = None,
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
@@ -156,6 +165,8 @@ def search(
         space = load_space(space_file, study=study, storage=storage)
         if space.storage is None:
             space = space.model_copy(update={"storage": DEFAULT_STORAGE})
+        if max_trials is not None:
+            space = space.model_copy(update={"search": space.search.model_copy(update={"max_trials": max_trials})})
         enumeration = enumerate_points(space)
         if not enumeration.valid:
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())

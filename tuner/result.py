@@ -6,8 +6,11 @@ in the name, so results, the dashboard and export read the same fields.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
+
+from tuner.flops import flops_per_token, peak_tflops, work_figures
 
 GB = 1024**3
 
@@ -39,7 +42,8 @@ class TrialResult:
         if not self.ok:
             attrs["failure_category"] = self.failure_category
             attrs["failure_reason"] = self.failure_reason
-            attrs["log_tail"] = self.log_tail[-4000:]
+            tail = self.log_tail  # the failing rank's traceback leads; keep its start and the log's end
+            attrs["log_tail"] = tail if len(tail) <= 4000 else tail[:2000] + "\n[...]\n" + tail[-2000:]
         return attrs
 
     @classmethod
@@ -50,17 +54,44 @@ class TrialResult:
         return cls({}, category, reason, log_path, log_tail, duration_s)
 
 
-def figures_from_worker(raw: dict[str, Any], global_batch: int, sequence_length: int) -> dict[str, float]:
-    """The store's figures from rank 0's result.json (times already the slowest rank's)."""
-    step = float(raw["step_time_s"])
-    return {
-        "tokens_per_s": global_batch * sequence_length / step,
+def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: float) -> dict[str, float]:
+    """The store's figures from rank 0's result.json (step times already the slowest rank's) and the spec.
+
+    The fixed cost of a trial is everything but its measured steps: launch, imports, model build,
+    DeepSpeed initialisation, warm-up and shutdown, as a share of the trial's wall time.
+    """
+    times = [float(t) for t in raw["step_times_s"]]
+    step = statistics.median(times)
+    cv = statistics.pstdev(times) / statistics.fmean(times)
+    global_batch, seq = spec["global_batch_size"], spec["sequence_length"]
+    tokens_per_s = global_batch * seq / step
+    per_token = flops_per_token(
+        raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec["activation_checkpointing"]
+    )
+    peak = spec.get("peak_tflops") or (
+        peak_tflops(raw["device_name"], spec["precision"]) if raw["device"] == "cuda" else None
+    )
+    clock = raw["clock"]
+    measure_s = clock["measured"] - clock["warmed_up"]
+    figures = {
+        "tokens_per_s": tokens_per_s,
         "samples_per_s": global_batch / step,
         "step_time_s": step,
-        "step_time_cv": float(raw["step_time_cv"]),
-        "measured_steps": float(len(raw["step_times_s"])),
+        "step_time_cv": cv,
+        "measured_steps": float(len(times)),
+        "noisy": float(cv > spec.get("max_cv", 1.0)),
         "peak_mem_gb": float(raw["peak_mem_bytes"]) / GB,
         "peak_reserved_gb": float(raw["peak_reserved_bytes"]) / GB,
+        "host_mem_gb": float(raw["host_mem_bytes"]) / GB,
         "final_loss": float(raw["final_loss"]),
         "num_parameters": float(raw["num_parameters"]),
+        "startup_s": clock["imported"] - clock["launched"],
+        "build_s": clock["built"] - clock["distributed"],
+        "initialize_s": clock["initialized"] - clock["built"],
+        "warmup_s": clock["warmed_up"] - clock["initialized"],
+        "measure_s": measure_s,
+        "fixed_overhead_s": max(0.0, duration_s - measure_s),
+        "overhead_share": max(0.0, duration_s - measure_s) / duration_s if duration_s > 0 else 0.0,
     }
+    figures.update(work_figures(tokens_per_s, int(raw["world_size"]), per_token, peak))
+    return figures

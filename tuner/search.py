@@ -63,7 +63,12 @@ def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[st
         "warmup_steps": space.trial.warmup_steps,
         "measure_steps": space.trial.measure_steps,
         "seed": space.search.seed,
+        "global_batch_size": space.training.global_batch_size,
+        "precision": space.training.precision,
         "device_memory_gb": space.hardware.device_memory_gb,
+        "peak_tflops": space.hardware.peak_tflops,
+        "max_cv": space.trial.max_cv,
+        "max_measure_steps": space.trial.measure_cap,
         "ds_config": ds_config,
     }
 
@@ -80,8 +85,6 @@ def _trainable(config: dict[str, Any], context: TrialContext) -> None:
         ranks=space.hardware.gpus_per_trial,
         accelerator=context.accelerator,
         timeout_s=space.trial.timeout_s,
-        global_batch=space.training.global_batch_size,
-        sequence_length=space.data.sequence_length,
     )
     report: dict[str, Any] = {RESULT_KEY: json.dumps(dataclasses.asdict(result)), **result.figures}
     tune.report(report)

@@ -83,6 +83,9 @@ class HardwareSection(_Section):
     gpus_per_trial: PositiveInt = Field(1, description="Ranks per trial; CPU processes over gloo without GPUs.")
     device_memory_gb: PositiveFloat | None = Field(None, description="Memory budget per device.")
     accelerator: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when a GPU is visible.")
+    peak_tflops: PositiveFloat | None = Field(
+        None, description="Peak TFLOP/s of one device at the training precision, for MFU (default: the GPU table)."
+    )
 
 
 class SpaceSection(_Section):
@@ -120,9 +123,30 @@ class SearchSection(_Section):
 
 
 class TrialSection(_Section):
+    """How long a trial measures, and when it gives up."""
+
     warmup_steps: int = Field(2, ge=0, description="Optimizer steps run before timing starts.")
-    measure_steps: PositiveInt = Field(5, description="Timed optimizer steps.")
+    measure_steps: PositiveInt = Field(5, description="Timed optimizer steps (at least).")
+    max_cv: PositiveFloat = Field(
+        0.05, description="Spread (coefficient of variation) of step times above which more steps are measured."
+    )
+    max_measure_steps: PositiveInt | None = Field(
+        None, description="Most timed steps when the spread stays high (default: 3 x measure_steps); then noisy."
+    )
     timeout_s: PositiveFloat = Field(600.0, description="Wall-clock limit of one trial, all ranks.")
+
+    @field_validator("max_measure_steps")
+    @classmethod
+    def _cap_covers_target(cls, value: int | None, info: ValidationInfo) -> int | None:
+        target = info.data.get("measure_steps")
+        if value is not None and target is not None and value < target:
+            raise ValueError(f"must be at least measure_steps ({target})")
+        return value
+
+    @property
+    def measure_cap(self) -> int:
+        """The most steps a noisy trial measures."""
+        return self.max_measure_steps or 3 * self.measure_steps
 
 
 class Space(_Section):

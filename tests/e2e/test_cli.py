@@ -74,6 +74,7 @@ def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
         if t.state == TrialState.COMPLETE:
             assert t.value == t.user_attrs["tokens_per_s"] > 0
             assert t.user_attrs["peak_mem_gb"] > 0
+            assert t.user_attrs["tflops_per_device"] > 0 and 0 < t.user_attrs["overhead_share"] < 1
         else:
             assert t.user_attrs["failure_category"] and t.user_attrs["failure_reason"]
     assert study.user_attrs["space"]["training"]["global_batch_size"] == 8
@@ -158,6 +159,7 @@ BAD_INPUTS = [
     ({"model": {"config": "no/such/folder"}}, "model.config: no such file"),
     ({"space": {"micro_batch_size": [3]}}, "space: no valid point"),
     ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage"),
+    ({"trial": {"measure_steps": 5, "max_measure_steps": 2}}, "trial.max_measure_steps: must be at least"),
 ]
 
 

@@ -335,3 +335,21 @@ def test_scalar_activation_checkpointing(write_yaml: Writer, space_doc: Doc, val
     else:
         with pytest.raises(SpaceError, match=r"^space\.activation_checkpointing"):
             load_space(path)
+
+
+def test_measurement_keys(space_doc: Doc) -> None:
+    plain = parse_space(space_doc(), default_study="t")
+    assert (plain.trial.max_cv, plain.trial.measure_cap, plain.hardware.peak_tflops) == (0.05, 15, None)
+    given = parse_space(
+        space_doc(trial={"measure_steps": 4, "max_measure_steps": 4}, hardware={"peak_tflops": 312}),
+        default_study="t",
+    )
+    assert (given.trial.measure_cap, given.hardware.peak_tflops) == (4, 312.0)
+    for trial, key in (
+        ({"measure_steps": 5, "max_measure_steps": 2}, "trial.max_measure_steps: must be at least measure_steps"),
+        ({"max_cv": 0}, "trial.max_cv"),
+    ):
+        with pytest.raises(SpaceError, match=f"^{re.escape(key)}"):
+            parse_space(space_doc(trial=trial), default_study="t")
+    with pytest.raises(SpaceError, match=r"^hardware\.peak_tflops"):
+        parse_space(space_doc(hardware={"peak_tflops": -1}), default_study="t")

@@ -6,6 +6,7 @@ shell string. Whatever happens, the whole group is killed before `run_trial` ret
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -73,7 +74,7 @@ def _tail(path: Path, lines: int = 40) -> str:
         return ""
 
 
-def _rank_failure(trial_dir: Path) -> tuple[str, str] | None:
+def _rank_failure(trial_dir: Path) -> tuple[str, str, str] | None:
     """The root cause among the ranks' error files: an OOM outranks the crashes it causes in peers."""
     errors = []
     for path in sorted(trial_dir.glob("error_rank*.json")):
@@ -85,7 +86,8 @@ def _rank_failure(trial_dir: Path) -> tuple[str, str] | None:
         return None
     errors.sort(key=lambda e: _CATEGORY_PRIORITY.index(e["category"]) if e["category"] in _CATEGORY_PRIORITY else 9)
     first = errors[0]
-    return first["category"], f"rank {first['rank']} ({first['phase']}): {first['reason']}"
+    reason = f"rank {first['rank']} ({first['phase']}): {first['reason']}"
+    return first["category"], reason, first.get("traceback", "")
 
 
 def _exit_failure(returncode: int, log_text: str) -> tuple[str, str]:
@@ -107,8 +109,6 @@ def run_trial(
     ranks: int,
     accelerator: str,
     timeout_s: float,
-    global_batch: int,
-    sequence_length: int,
 ) -> TrialResult:
     """Run one trial to completion, failure or timeout; never raises for the trial's own faults."""
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +116,8 @@ def run_trial(
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
     log_path = trial_dir / "trial.log"
     start = time.monotonic()
+    env = worker_env(accelerator, ranks)
+    env["TUNER_LAUNCH_EPOCH"] = repr(time.time())
     with log_path.open("wb") as log:
         try:
             proc = subprocess.Popen(
@@ -123,7 +125,7 @@ def run_trial(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=worker_env(accelerator, ranks),
+                env=env,
                 cwd=trial_dir,
                 start_new_session=True,
             )
@@ -149,15 +151,31 @@ def run_trial(
     result_path = trial_dir / "result.json"
     if proc.returncode == 0 and result_path.is_file():
         raw = json.loads(result_path.read_text())
-        figures = figures_from_worker(raw, global_batch, sequence_length)
+        figures = figures_from_worker(raw, spec, duration)
         return TrialResult(figures, None, None, str(log_path), "", duration)
     found = _rank_failure(trial_dir)
-    if found is None:
-        if proc.returncode == 0:
-            found = (failures.CRASH, "the ranks exited without writing a result")
-        else:
-            found = _exit_failure(proc.returncode, log_path.read_text(errors="replace"))
-    return TrialResult.failed(found[0], found[1], str(log_path), tail, duration)
+    if found is not None:  # the failing rank's own traceback first, then the interleaved log of all ranks
+        category, reason, traceback = found
+        tail = f"{traceback.strip()}\n--- trial log ---\n{tail}" if traceback.strip() else tail
+    elif proc.returncode == 0:
+        category, reason = failures.CRASH, "the ranks exited without writing a result"
+    else:
+        category, reason = _exit_failure(proc.returncode, log_path.read_text(errors="replace"))
+    return TrialResult.failed(category, reason, str(log_path), tail, duration)
+
+
+def _op_cached(name: str) -> bool:
+    """Whether torch's JIT cache holds op `name` built from this DeepSpeed installation's sources."""
+    found = importlib.util.find_spec("deepspeed")
+    if found is None or found.origin is None:
+        return False
+    sources = str(Path(found.origin).parent)
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    for folder in root.glob(f"*/{name}"):
+        ninja = folder / "build.ninja"
+        if (folder / f"{name}.so").is_file() and ninja.is_file() and sources in ninja.read_text(errors="replace"):
+            return True
+    return False
 
 
 def prebuild_ops(accelerator: str, need_cpu_adam: bool, log_path: Path) -> str | None:
@@ -165,13 +183,13 @@ def prebuild_ops(accelerator: str, need_cpu_adam: bool, log_path: Path) -> str |
 
     Returns None on success, or a one-line reason (the trials that need the op will then fail and say so).
     """
-    if accelerator != "cpu" and not need_cpu_adam:
-        return None
-    code = ["from deepspeed.accelerator import get_accelerator"]
-    if accelerator == "cpu":
+    code = []
+    if accelerator == "cpu" and not _op_cached("deepspeed_shm_comm"):
         code.append("from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()")
-    if need_cpu_adam:
+    if need_cpu_adam and not _op_cached("cpu_adam"):
         code.append("from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()")
+    if not code:
+        return None  # built before, from this DeepSpeed installation: skip the import (seconds)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         done = subprocess.run(

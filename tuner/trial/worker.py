@@ -14,12 +14,14 @@ import resource
 import signal
 import statistics
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from tuner.trial.failures import classify_exception, one_line
+from tuner.result import GB
+from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
 
 
@@ -31,12 +33,43 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB); the kernel keeps the peak."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _watch_host_budget(budget_bytes: float, out_dir: Path, rank: int, phase: list[str]) -> None:
+    """A CPU rank's memory budget: past it, record an out-of-memory failure and end the rank at once.
+
+    ru_maxrss is a high-water mark, so a peak between two checks is still seen at the next one.
+    """
+    while True:
+        peak = _peak_rss_bytes()
+        if peak > budget_bytes:
+            _write_json(
+                out_dir / f"error_rank{rank}.json",
+                {
+                    "rank": rank,
+                    "phase": phase[0],
+                    "category": OOM,
+                    "reason": f"peak resident memory {peak / GB:.2f} GB went over hardware.device_memory_gb="
+                    f"{budget_bytes / GB:g}",
+                    "traceback": "",
+                },
+            )
+            os._exit(1)
+        time.sleep(0.05)
+
+
+def steady_state_done(times: list[float], target: int, cap: int, max_cv: float) -> bool:
+    """Stop measuring once `target` steps are in and their spread is within `max_cv`, or at `cap` steps."""
+    if len(times) < target:
+        return False
+    return len(times) >= cap or statistics.pstdev(times) / statistics.fmean(times) <= max_cv
 
 
 def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     """The trial's body; `phase` is updated in place so a failure can be attributed."""
+    clock = {"launched": float(os.environ.get("TUNER_LAUNCH_EPOCH", time.time()))}
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -44,6 +77,7 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
 
     from tuner.workload import hf_causal_lm
 
+    clock["imported"] = time.time()
     accel = get_accelerator()
     phase[0] = "distributed"
     deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
@@ -54,10 +88,14 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
         accel.set_device(local_rank)
     device = torch.device(accel.device_name(local_rank))
     budget_gb = spec.get("device_memory_gb")
-    if on_gpu and budget_gb:
+    if budget_gb and on_gpu:
         # A budget below the card's size is enforced by the caching allocator: past it, a real OOM.
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * 1024**3 / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GB / total), device)
+    elif budget_gb:
+        watch = threading.Thread(target=_watch_host_budget, args=(budget_gb * GB, out_dir, rank, phase), daemon=True)
+        watch.start()
+    clock["distributed"] = time.time()
 
     ds_config = spec["ds_config"]
     phase[0] = "build"
@@ -66,18 +104,22 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     model = hf_causal_lm.build_model(spec["model_config"], seed=spec["seed"])
     if spec["activation_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    facts = hf_causal_lm.model_facts(model)  # before ZeRO-3 partitions the parameters away
     vocab = hf_causal_lm.vocab_size(model)
+    clock["built"] = time.time()
 
     phase[0] = "initialize"
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
+    clock["initialized"] = time.time()
 
     phase[0] = "train"
     generator = torch.Generator().manual_seed(spec["seed"] + rank)
     micro, accum, seq = spec["micro_batch_size"], spec["grad_accum"], spec["sequence_length"]
 
     def optimizer_step() -> tuple[float, float]:
+        """One optimizer step over every accumulation micro-step, timed with the device synchronised."""
         accel.synchronize()
         start = time.perf_counter()
         loss_sum = 0.0
@@ -92,39 +134,43 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
 
     for _ in range(spec["warmup_steps"]):
         optimizer_step()
-    times, losses = [], []
-    for _ in range(spec["measure_steps"]):
+    clock["warmed_up"] = time.time()
+    times: list[float] = []
+    loss_value = float("nan")
+    target = spec["measure_steps"]
+    cap = max(target, spec.get("max_measure_steps") or target)
+    while not steady_state_done(times, target, cap, spec.get("max_cv", 1.0)):
         elapsed, loss_value = optimizer_step()
-        times.append(elapsed)
-        losses.append(loss_value)
+        # The slowest rank sets the pace; every rank gets the same list, so all decide alike when to stop.
+        slowest = torch.tensor([elapsed], dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        times.append(slowest.item())
+    clock["measured"] = time.time()
 
-    # The slowest rank's time per step counts; memory is the maximum over ranks.
-    step_times = torch.tensor(times, dtype=torch.float64)
-    dist.all_reduce(step_times, op=dist.ReduceOp.MAX)
+    rss = float(_peak_rss_bytes())
     if on_gpu:
-        mem = [float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device))]
+        mem = [float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device)), rss]
     else:
-        mem = [float(_peak_rss_bytes()), float(_peak_rss_bytes())]
+        mem = [rss, rss, rss]
     mem_t = torch.tensor(mem, dtype=torch.float64)
     dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)
-    final_loss = torch.tensor([losses[-1]], dtype=torch.float64)
+    final_loss = torch.tensor([loss_value], dtype=torch.float64)
     dist.all_reduce(final_loss, op=dist.ReduceOp.SUM)
 
     if rank == 0:
-        median = statistics.median(step_times.tolist())
-        spread = statistics.pstdev(step_times.tolist()) / statistics.fmean(step_times.tolist())
         _write_json(
             out_dir / "result.json",
             {
                 "world_size": world,
                 "device": "cuda" if on_gpu else "cpu",
-                "step_times_s": step_times.tolist(),
-                "step_time_s": median,
-                "step_time_cv": spread,
+                "device_name": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+                "step_times_s": times,
                 "peak_mem_bytes": mem_t[0].item(),
                 "peak_reserved_bytes": mem_t[1].item(),
+                "host_mem_bytes": mem_t[2].item(),
                 "final_loss": final_loss.item() / world,
-                "num_parameters": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+                **facts,
+                "clock": clock,
             },
         )
     dist.barrier()

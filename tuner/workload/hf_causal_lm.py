@@ -20,7 +20,13 @@ def build_config(model_config: dict[str, Any]) -> Any:
     model_type = fields.pop("model_type")
     for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         fields.pop(key, None)
-    return AutoConfig.for_model(model_type, **fields)
+    config = AutoConfig.for_model(model_type, **fields)
+    vocab = getattr(config, "vocab_size", None)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        token = getattr(config, key, None)
+        if isinstance(token, int) and isinstance(vocab, int) and token >= vocab:
+            setattr(config, key, vocab - 1)  # defaults made for the full vocabulary; random ids need no tokenizer
+    return config
 
 
 def build_model(model_config: dict[str, Any], seed: int) -> Any:
@@ -31,6 +37,26 @@ def build_model(model_config: dict[str, Any], seed: int) -> Any:
     config = build_config(model_config)
     config.use_cache = False  # a KV cache is for generation; training only pays for it
     return AutoModelForCausalLM.from_config(config)
+
+
+def model_facts(model: Any) -> dict[str, int]:
+    """What the FLOPs formula needs, counted from the model itself (call before ZeRO-3 partitions it).
+
+    matmul_parameters: every parameter except embedding lookups, plus the output projection when it is
+    tied to the input embedding (the logits are computed all the same).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    config = model.config
+    return {
+        "num_parameters": total,
+        "embedding_parameters": embedding,
+        "matmul_parameters": total - embedding + (output.weight.numel() if tied else 0),
+        "num_layers": int(config.num_hidden_layers),
+        "hidden_size": int(config.hidden_size),
+    }
 
 
 def vocab_size(model: torch.nn.Module) -> int:
