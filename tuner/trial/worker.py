@@ -201,7 +201,11 @@ def main(argv: list[str]) -> int:
         )
         traceback.print_exc()
         return 1
-    return 0
+    # The result is written and every rank passed the barrier: skip the interpreter's teardown of torch,
+    # DeepSpeed and transformers, which took about 5 s of a 20 s CPU trial here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ def build_config(model_config: dict[str, Any]) -> Any:
     model_type = fields.pop("model_type")
     for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         fields.pop(key, None)
-    config = AutoConfig.for_model(model_type, **fields)
-    vocab = getattr(config, "vocab_size", None)
+    defaults = AutoConfig.for_model(model_type).to_dict()
+    vocab = fields.get("vocab_size", defaults.get("vocab_size"))
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        token = getattr(config, key, None)
+        token = fields.get(key, defaults.get(key))
         if isinstance(token, int) and isinstance(vocab, int) and token >= vocab:
-            setattr(config, key, vocab - 1)  # defaults made for the full vocabulary; random ids need no tokenizer
-    return config
+            fields[key] = vocab - 1  # defaults made for the full vocabulary; random ids need no tokenizer
+    return AutoConfig.for_model(model_type, **fields)
 
 
 def build_model(model_config: dict[str, Any], seed: int) -> Any:
