@@ -146,8 +146,6 @@ def run_search(
     remaining = searcher.remaining()
     searcher.budget = min(space.search.max_trials or len(remaining), len(remaining))
     on_event("plan", {"remaining": len(remaining), "budget": searcher.budget, "accelerator": accelerator})
-    if accelerator == "cpu" and space.hardware.device_memory_gb is not None:
-        on_event("warning", {"message": "hardware.device_memory_gb is enforced on GPUs only; on CPU it has no effect"})
     if searcher.budget == 0:
         return SearchRun(study, interrupted=False)
 
