@@ -54,6 +54,11 @@ class TrialResult:
         return cls({}, category, reason, log_path, log_tail, duration_s)
 
 
+def spread(times: list[float]) -> float:
+    """Coefficient of variation of step times: the worker stops on it, the store reports it."""
+    return statistics.pstdev(times) / statistics.fmean(times)
+
+
 def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: float) -> dict[str, float]:
     """The store's figures from rank 0's result.json (step times already the slowest rank's) and the spec.
 
@@ -62,7 +67,7 @@ def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: f
     """
     times = [float(t) for t in raw["step_times_s"]]
     step = statistics.median(times)
-    cv = statistics.pstdev(times) / statistics.fmean(times)
+    cv = spread(times)
     global_batch, seq = spec["global_batch_size"], spec["sequence_length"]
     tokens_per_s = global_batch * seq / step
     per_token = flops_per_token(

@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tuner.result import GB
+from tuner.result import GB, spread
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
 
@@ -64,7 +63,7 @@ def steady_state_done(times: list[float], target: int, cap: int, max_cv: float) 
     """Stop measuring once `target` steps are in and their spread is within `max_cv`, or at `cap` steps."""
     if len(times) < target:
         return False
-    return len(times) >= cap or statistics.pstdev(times) / statistics.fmean(times) <= max_cv
+    return len(times) >= cap or spread(times) <= max_cv
 
 
 def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
