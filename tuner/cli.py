@@ -71,6 +71,15 @@ class _Progress:
             out.print(
                 f"{data['remaining']} point(s) to run, {self.budget} trial(s) in this run, on {data['accelerator']}"
             )
+            if data["memory_budget_gb"] is not None:
+                action = "pruned (recorded PRUNED, not launched)" if data["prune"] else "run anyway (--no-prune)"
+                out.print(
+                    f"memory budget {data['memory_budget_gb']:g} GB per device: {data['predicted_unfit']} point(s) "
+                    f"predicted not to fit so far, to be {action}",
+                    markup=False,
+                )
+        elif kind == "pruned":
+            out.print(f"pruned trial {data['number']} {data['point'].label()}: {data['reason']}", markup=False)
         elif kind == "prebuild":
             out.print("preparing DeepSpeed ops (compiled once, cached for later runs) ...")
         elif kind == "warning":
@@ -155,6 +164,9 @@ def search(
     max_trials: Annotated[
         int | None, typer.Option(min=1, help="Most trials to launch in this run (overrides search.max_trials).")
     ] = None,
+    no_prune: Annotated[
+        bool, typer.Option("--no-prune", help="Launch points the memory model predicts not to fit.")
+    ] = False,
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
@@ -187,7 +199,9 @@ def search(
 
     progress = _Progress(space.search.objective, space.direction == "maximize")
     try:
-        searched = run_search(space, space_file, run_dir / space.study, progress, address=address)
+        searched = run_search(
+            space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
+        )
     except SpaceError as exc:
         _fail(exc)
     out.print(_summary_table(searched.study, space.search.objective), soft_wrap=False)
@@ -207,6 +221,127 @@ def search(
         f"best: trial {best.number} {best.user_attrs.get('point')} "
         f"{space.search.objective}={best.value:,.4g}\n"
         f"export it: tuner export --study {space.study} --storage {redact(space.storage)} --output ds_config.json",
+        markup=False,
+    )
+
+
+def _plan_table(plan: Any) -> Table:
+    from tuner.estimate import GB
+
+    title = f"memory per device (GB), budget {_fmt(plan.budget.device_gb, 1)} GB +{plan.budget.margin:.0%}"
+    table = Table(title=title, title_justify="left")
+    numeric = ("peak", "params", "grads", "optim", "activ", "logits", "buffers", "runtime", "host/node", "GFLOP/tok")
+    for name in ("point", "fits", *numeric):
+        table.add_column(name, justify="right" if name in numeric else "left")
+    for row in plan.rows:
+        parts = row.estimate.parts
+        fits = {True: "yes", False: "NO", None: "?"}[row.fits]
+        table.add_row(
+            row.point.label(), fits, f"{row.predicted_gb:.2f}",
+            *(f"{parts[k] / GB:.2f}" for k in ("parameters", "gradients", "optimizer_states", "activations",
+                                                "logits", "buffers", "runtime")),
+            f"{row.estimate.host_gb:.1f}", f"{row.estimate.flops_per_token / 1e9:.3g}",
+        )  # fmt: skip
+    return table
+
+
+def _plan_json(plan: Any, space_file: Path) -> dict[str, Any]:
+    import dataclasses
+
+    from tuner.estimate import GB
+
+    return {
+        "space": str(space_file),
+        "model": dataclasses.asdict(plan.shape),
+        "setup": dataclasses.asdict(plan.setup),
+        "budget": dataclasses.asdict(plan.budget),
+        "calibration": dataclasses.asdict(plan.calibrations),
+        "points": [
+            {
+                "point": row.point.params(),
+                "label": row.point.label(),
+                "fits": row.fits,
+                "reason": row.reason,
+                "predicted_gb": row.predicted_gb,
+                "raw_predicted_gb": row.estimate.device_gb,
+                "parts_gb": {k: v / GB for k, v in row.estimate.parts.items()},
+                "build_gb": row.estimate.build_bytes / GB,
+                "fragmentation_gb": row.estimate.fragmentation_bytes / GB,
+                "host_gb_per_node": row.estimate.host_gb,
+                "model_flops_per_token": row.estimate.flops_per_token,
+            }
+            for row in plan.rows
+        ],
+        "summary": {
+            "points": plan.total,
+            "invalid": plan.invalid,
+            "not_fitting": plan.not_fitting,
+            "to_run": plan.to_run,
+        },
+    }
+
+
+@app.command()
+def plan(
+    space_file: Annotated[Path, typer.Argument(help="The search-space YAML file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    accelerator: Annotated[
+        str | None, typer.Option(help="cuda or cpu: plan for this device kind (default: the space's, else detected).")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Calibrate with this study's measured trials (in --storage).")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Predict every point's memory and FLOPs from the architecture alone; nothing runs, no GPU needed."""
+    import json
+
+    from tuner.calibration import calibrate
+    from tuner.plan import Budget, estimate_setup, plan_space
+    from tuner.points import enumerate_points
+    from tuner.search import detect_accelerator, memory_budget
+    from tuner.space import DEFAULT_STORAGE, load_space
+    from tuner.workload.hf_causal_lm import model_shape
+
+    try:
+        space = load_space(space_file)
+        if accelerator not in (None, "cuda", "cpu"):
+            raise SpaceError("--accelerator", f"cuda or cpu is allowed, not {accelerator!r}")
+        kind = accelerator or detect_accelerator(space)
+        enumeration = enumerate_points(space)
+        shape = model_shape(space.model_config_dict)
+        setup = estimate_setup(space, kind)
+        calibrations = None
+        if study is not None:
+            from tuner.store import load_study, measured_memory, open_storage
+
+            found = load_study(open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage"), study)
+            calibrations = calibrate(shape, setup, measured_memory(found))
+    except SpaceError as exc:
+        _fail(exc)
+    budget = Budget(memory_budget(space, kind), space.hardware.host_memory_gb, space.search.prune_margin)
+    result = plan_space(shape, setup, enumeration, budget, calibrations)
+    if as_json:
+        out.print(json.dumps(_plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
+        return
+    s = result.shape
+    out.print(
+        f"model {s.model_type}: {s.num_parameters / 1e6:,.1f}M parameters ({s.embedding_parameters / 1e6:,.1f}M "
+        f"embedding, largest layer {s.largest_layer_parameters / 1e6:,.1f}M), {s.num_layers} layers, hidden "
+        f"{s.hidden_size}; {setup.ranks} {kind} rank(s), {setup.precision}, sequence {setup.sequence_length}; "
+        f"{result.calibrations.describe()}",
+        markup=False,
+    )
+    if budget.device_gb is None:
+        out.print("no memory budget: set hardware.device_memory_gb to have points judged", markup=False)
+    wide = Console(highlight=False, width=max(out.width, 150))  # a table too narrow to read helps no one
+    wide.print(_plan_table(result), soft_wrap=False)
+    for row in result.rows:
+        if row.reason:
+            out.print(f"  {row.point.label()}: {row.reason}", markup=False)
+    out.print(
+        f"{result.total} point(s) in the space: {result.invalid} invalid, {result.not_fitting} predicted not to "
+        f"fit, {result.to_run} to run",
         markup=False,
     )
 

@@ -18,10 +18,11 @@ import optuna
 
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
+from tuner.plan import Budget, MemoryPlanner, estimate_setup
 from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
-from tuner.store import open_storage
+from tuner.store import measured_memory, open_storage
 from tuner.trial.launch import prebuild_ops, run_trial
 
 
@@ -49,6 +50,18 @@ def detect_accelerator(space: Space) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def memory_budget(space: Space, accelerator: str) -> float | None:
+    """GB per device points must fit: the space's budget, else the visible GPU's size; none on CPU by default."""
+    if space.hardware.device_memory_gb is not None:
+        return space.hardware.device_memory_gb
+    if accelerator == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / 1024**3
+    return None
 
 
 def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +118,19 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
     }
 
 
+def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner:
+    """The memory model for this space's architecture, budget and margin."""
+    from tuner.workload.hf_causal_lm import model_shape
+
+    budget = Budget(memory_budget(space, accelerator), space.hardware.host_memory_gb, space.search.prune_margin)
+    return MemoryPlanner(
+        shape=model_shape(space.model_config_dict),
+        setup=estimate_setup(space, accelerator),
+        budget=budget,
+        prune=space.search.prune if prune is None else prune,
+    )
+
+
 def create_study(space: Space) -> optuna.Study:
     """The study in the space's storage (created or continued), with the resolved space kept on it."""
     assert space.study is not None and space.storage is not None
@@ -126,8 +152,12 @@ def run_search(
     run_dir: Path,
     on_event: Callable[[str, dict[str, Any]], None],
     address: str | None = None,
+    prune: bool | None = None,
 ) -> SearchRun:
-    """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards."""
+    """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards.
+
+    `prune` (the CLI's --no-prune) overrides `search.prune`.
+    """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines, not Ray's tables
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
@@ -142,10 +172,23 @@ def run_search(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     configs = ds_configs_for(space, enumeration.valid, accelerator)
-    searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event)
+    memory = memory_planner(space, accelerator, prune)
+    searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
     remaining = searcher.remaining()
     searcher.budget = min(space.search.max_trials or len(remaining), len(remaining))
-    on_event("plan", {"remaining": len(remaining), "budget": searcher.budget, "accelerator": accelerator})
+    measured = measured_memory(study)
+    unfit = [p for p in remaining if memory.judge(p, measured).fits is False]
+    on_event(
+        "plan",
+        {
+            "remaining": len(remaining),
+            "budget": searcher.budget,
+            "accelerator": accelerator,
+            "memory_budget_gb": memory.budget.device_gb,
+            "predicted_unfit": len(unfit),
+            "prune": memory.prune,
+        },
+    )
     if searcher.budget == 0:
         return SearchRun(study, interrupted=False)
 

@@ -7,6 +7,8 @@ with every figure and its ds_config as user attributes.
 
 Samplers: `grid` runs the valid points in order, `random` draws them without replacement, `tpe` asks
 Optuna's TPE sampler over a conditional space (offload knobs only where the ZeRO stage allows them).
+Before a point launches, the memory model (calibrated on the trials measured so far) judges it: a point
+predicted not to fit is recorded as PRUNED with its prediction and reason, and never launched.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import optuna
 from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
+from tuner.plan import MemoryPlanner, Planned
 from tuner.points import Point
 from tuner.result import TrialResult
 from tuner.space import Space
-from tuner.store import measured_trials
+from tuner.store import measured_memory, measured_trials
 from tuner.trial import failures
 
 RESULT_KEY = "tuner_result"
@@ -62,6 +65,11 @@ def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial
     return out
 
 
+def pruned_points(study: optuna.Study) -> set[Point]:
+    """Points an earlier run already recorded as PRUNED (not recorded twice)."""
+    return {Point.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
+
+
 class StudySearcher(Searcher):
     """Suggests valid points and records each Tune trial's outcome in the Optuna study."""
 
@@ -73,8 +81,12 @@ class StudySearcher(Searcher):
         ds_configs: dict[Point, dict[str, Any]],
         budget: int,
         on_event: Callable[[str, dict[str, Any]], None],
+        memory: MemoryPlanner | None = None,
     ) -> None:
         super().__init__()
+        self.memory = memory
+        self.pruned_before = pruned_points(study)
+        self.skipped: set[Point] = set()  # predicted not to fit in this run
         self.study = study
         self.space = space
         self.valid = valid
@@ -97,40 +109,88 @@ class StudySearcher(Searcher):
 
     def remaining(self) -> list[Point]:
         busy = {p for _, p in self.in_flight.values()}
-        return [p for p in self.valid if p not in self.done and p not in busy]
+        return [p for p in self.valid if p not in self.done and p not in busy and p not in self.skipped]
+
+    def judge(self, point: Point) -> tuple[Planned, dict[str, Any]] | None:
+        """The memory model's decision on `point` with its store attributes, or None without a model."""
+        if self.memory is None:
+            return None
+        planned = self.memory.judge(point, measured_memory(self.study))
+        return planned, planned.attrs()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED, a str
-        remaining = self.remaining()
-        if self.launched >= self.budget or not remaining:
-            return Searcher.FINISHED  # type: ignore[return-value]
-        trial, point = self._next(remaining)
+        while True:
+            remaining = self.remaining()
+            if self.launched >= self.budget or not remaining:
+                return Searcher.FINISHED  # type: ignore[return-value]
+            picked = self._next(remaining)
+            if picked is None:
+                continue  # the point was pruned; pick again
+            trial, point, attrs = picked
+            break
         self.in_flight[trial_id] = (trial, point)
         self.launched += 1
         ds_config = self.ds_configs[point]
         trial.set_user_attr("point", point.label())
         trial.set_user_attr("ds_config", ds_config)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
         self.on_event("start", {"number": trial.number, "index": self.launched, "point": point})
         return {"point": point.params(), "trial_number": trial.number, "ds_config": ds_config}
 
-    def _next(self, remaining: list[Point]) -> tuple[Trial, Point]:
+    def _next(self, remaining: list[Point]) -> tuple[Trial, Point, dict[str, Any]] | None:
+        """The next trial to launch and its memory attributes, or None when the chosen point was pruned."""
         if self.space.search.sampler == "tpe":
             for _ in range(_TPE_TRIES):
                 trial = self.study.ask()
                 point = suggest_point(trial, self.space, self.valid)
                 if point in remaining:
-                    return trial, point
+                    return self._admit(trial, point)
                 self._tell_duplicate(trial, point)
         choice = remaining[0] if self.space.search.sampler == "grid" else self.rng.choice(remaining)
+        judged = self.judge(choice)
+        if judged is not None and self._prunes(judged[0]) and choice in self.pruned_before:
+            self.skipped.add(choice)  # recorded as PRUNED by an earlier run; not recorded twice
+            return None
         self.study.enqueue_trial(choice.params())
         trial = self.study.ask()
         point = suggest_point(trial, self.space, self.valid)
         assert point == choice, f"enqueued {choice} but the trial suggested {point}"
-        return trial, point
+        return self._admit(trial, point, judged)
+
+    def _prunes(self, planned: Planned) -> bool:
+        return planned.fits is False and self.memory is not None and self.memory.prune
+
+    def _admit(
+        self, trial: Trial, point: Point, judged: tuple[Planned, dict[str, Any]] | None = None
+    ) -> tuple[Trial, Point, dict[str, Any]] | None:
+        """Launch `trial` unless the memory model rules its point out; then it is recorded as PRUNED."""
+        judged = judged or self.judge(point)
+        if judged is None:
+            return trial, point, {}
+        planned, attrs = judged
+        if not self._prunes(planned):
+            return trial, point, attrs
+        trial.set_user_attr("point", point.label())
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("prune_reason", planned.reason)
+        if point in self.pruned_before:
+            trial.set_user_attr("duplicate_of", -1)  # TPE proposed it again; the earlier record stands
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.skipped.add(point)
+        self.on_event("pruned", {"number": trial.number, "point": point, "reason": planned.reason})
+        return None
 
     def _tell_duplicate(self, trial: Trial, point: Point) -> None:
         """TPE proposed a point already measured: reuse its value (Optuna's advice) without running it."""
         earlier = self.done.get(point)
         trial.set_user_attr("point", point.label())
+        if point in self.skipped:
+            trial.set_user_attr("duplicate_of", -1)
+            trial.set_user_attr("prune_reason", "proposed a point already pruned; not run")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return
         if earlier is not None and earlier.state == TrialState.COMPLETE:
             trial.set_user_attr("duplicate_of", earlier.number)
             self.study.tell(trial, earlier.value)

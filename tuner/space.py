@@ -81,7 +81,12 @@ class TrainingSection(_Section):
 
 class HardwareSection(_Section):
     gpus_per_trial: PositiveInt = Field(1, description="Ranks per trial; CPU processes over gloo without GPUs.")
-    device_memory_gb: PositiveFloat | None = Field(None, description="Memory budget per device.")
+    device_memory_gb: PositiveFloat | None = Field(
+        None, description="Memory budget per device (default: the GPU's size; none on CPU). Points over it are pruned."
+    )
+    host_memory_gb: PositiveFloat | None = Field(
+        None, description="Host memory per node for offloaded states; offload points over it are pruned."
+    )
     accelerator: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when a GPU is visible.")
     peak_tflops: PositiveFloat | None = Field(
         None, description="Peak TFLOP/s of one device at the training precision, for MFU (default: the GPU table)."
@@ -120,6 +125,10 @@ class SearchSection(_Section):
     max_trials: PositiveInt | None = Field(None, description="Most trials to launch; default: every valid point.")
     objective: Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"] = "tokens_per_s"
     seed: int = 0
+    prune: bool = Field(True, description="Skip points the memory model predicts not to fit (recorded as PRUNED).")
+    prune_margin: float = Field(
+        0.10, ge=0.0, le=1.0, description="Prune only when the predicted peak exceeds the budget by this fraction."
+    )
 
 
 class TrialSection(_Section):

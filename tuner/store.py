@@ -6,7 +6,9 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.calibration import Measured
 from tuner.errors import SpaceError
+from tuner.points import Point
 
 
 def redact(url: str) -> str:
@@ -54,3 +56,13 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     return min(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))
+
+
+def measured_memory(study: optuna.Study) -> list[Measured]:
+    """Completed trials' points and memory figures: what calibrates the memory model."""
+    out = []
+    for t in measured_trials(study, (TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if t.params and isinstance(a.get("peak_mem_gb"), (int, float)):
+            out.append(Measured(Point.from_params(t.params), float(a["peak_mem_gb"])))
+    return out

@@ -14,7 +14,10 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from tuner.calibration import Measured
 from tuner.dsconfig import build_ds_config
+from tuner.estimate import ModelShape, Setup, estimate
+from tuner.plan import Budget, MemoryPlanner
 from tuner.points import Point, enumerate_points
 from tuner.result import TrialResult
 from tuner.searcher import RESULT_KEY, StudySearcher, suggest_point
@@ -41,23 +44,28 @@ def make_space(sampler: str, **search: Any) -> Space:
     return parse_space(raw, default_study="unit")
 
 
-def fake_result(point: Point) -> TrialResult:
+def fake_result(point: Point, peak_gb: float = 0.5) -> TrialResult:
     """A made-up measurement: bigger micro-batches are faster, stage 3 + param offload fails."""
     if point.offload_param == "cpu":
         return TrialResult.failed("oom", "fake: out of memory", "/nonexistent/trial.log", "tail")
     tokens = 1000.0 * point.micro_batch_size - 10 * point.zero_stage - 5 * point.activation_checkpointing
-    figures = {"tokens_per_s": tokens, "samples_per_s": tokens / 16, "step_time_s": 1.0, "peak_mem_gb": 0.5}
+    figures = {"tokens_per_s": tokens, "samples_per_s": tokens / 16, "step_time_s": 1.0, "peak_mem_gb": peak_gb}
     return TrialResult(figures, log_path="/nonexistent/trial.log", duration_s=1.0)
 
 
-def drive(space: Space, study: optuna.Study) -> tuple[StudySearcher, list[Point]]:
-    """Run the searcher's suggest/complete cycle the way Tune does, one trial at a time."""
+def drive(space: Space, study: optuna.Study, memory: MemoryPlanner | None = None) -> tuple[StudySearcher, list[Point]]:
+    """Run the searcher's suggest/complete cycle the way Tune does, one trial at a time.
+
+    With a memory model, each fake trial measures exactly the model's raw prediction as its peak.
+    """
     valid = enumerate_points(space).valid
     configs = {p: build_ds_config({}, p, global_batch=8, ranks=2, precision="bf16", accelerator="cpu") for p in valid}
     remaining = len(valid) - len(StudySearcher(study, space, valid, configs, 0, lambda *_: None).done)
     budget = min(space.search.max_trials or remaining, remaining)
     events: list[tuple[str, dict[str, Any]]] = []
-    searcher = StudySearcher(study, space, valid, configs, budget, lambda kind, data: events.append((kind, data)))
+    searcher = StudySearcher(
+        study, space, valid, configs, budget, lambda kind, data: events.append((kind, data)), memory=memory
+    )
     run: list[Point] = []
     for i in range(200):
         suggestion = searcher.suggest(f"t{i}")
@@ -67,7 +75,8 @@ def drive(space: Space, study: optuna.Study) -> tuple[StudySearcher, list[Point]
         point = Point.from_params(suggestion["point"])
         assert suggestion["ds_config"] == configs[point]
         run.append(point)
-        result = fake_result(point)
+        peak = estimate(memory.shape, point, memory.setup).device_gb if memory else 0.5
+        result = fake_result(point, peak)
         searcher.on_trial_complete(f"t{i}", {RESULT_KEY: json.dumps(dataclasses.asdict(result))})
     assert sum(kind == "end" for kind, _ in events) == len(run)
     return searcher, run
@@ -155,3 +164,72 @@ def test_abandoned_trials_are_failed_as_interrupted() -> None:
     # Interrupted points were not measured: a rerun runs them again, first.
     rerun = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
     assert rerun.remaining() == list(valid)
+
+
+SHAPE = ModelShape(
+    model_type="gpt2", num_parameters=124_439_808, embedding_parameters=39_383_808,
+    largest_layer_parameters=38_597_376, block_parameters=7_087_872, matmul_parameters=123_653_376, num_layers=12,
+    hidden_size=768, intermediate_size=3072, num_heads=12, num_kv_heads=12, vocab_size=50257, gated_mlp=False,
+    mlp_saved=5, norm_fp32=False, attention="sdpa", attention_dropout=True, hidden_dropout=True,
+)  # fmt: skip
+SETUP = Setup(ranks=2, sequence_length=1024, precision="bf16", accelerator="cuda")
+
+
+def planner(prune: bool = True) -> tuple[MemoryPlanner, float]:
+    """A budget that micro-batch 2 at ZeRO-0 fits and larger micro-batches at ZeRO-0 do not."""
+    limit = estimate(SHAPE, Point(2, 0), SETUP).device_gb * 1.05
+    return MemoryPlanner(SHAPE, SETUP, Budget(limit, None, 0.1), prune), limit
+
+
+def test_points_predicted_not_to_fit_are_pruned_with_their_reason_and_never_launched() -> None:
+    space = make_space("grid")
+    study = optuna.create_study(direction="maximize")
+    memory, limit = planner()
+    _, run = drive(space, study, memory)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "the budget leaves some points out"
+    assert Point(4, 0) in {Point.from_params(t.params) for t in pruned}
+    for t in pruned:
+        assert Point.from_params(t.params) not in run
+        assert t.user_attrs["predicted_mem_gb"] > limit * 1.1
+        assert "over the budget" in t.user_attrs["prune_reason"]
+    launched = [t for t in study.trials if t.state != TrialState.PRUNED]
+    assert all(t.user_attrs["predicted_mem_gb"] <= limit * 1.1 for t in launched)
+    assert all("predicted_mem_parts_gb" in t.user_attrs for t in launched)
+    assert len(run) + len(pruned) == len(enumerate_points(space).valid)  # every point accounted for
+    # A rerun of the same study judges the pruned points again but does not record them twice.
+    _, again = drive(space, study, memory)
+    assert again == [] and len(study.get_trials(states=(TrialState.PRUNED,))) == len(pruned)
+
+
+def test_no_prune_launches_every_point_and_records_the_prediction() -> None:
+    space = make_space("grid")
+    study = optuna.create_study(direction="maximize")
+    memory, limit = planner(prune=False)
+    _, run = drive(space, study, memory)
+    assert len(run) == len(enumerate_points(space).valid)
+    assert not study.get_trials(states=(TrialState.PRUNED,))
+    assert any(t.user_attrs["predicted_mem_gb"] > limit * 1.1 for t in study.trials)
+
+
+def test_tpe_never_launches_a_pruned_point() -> None:
+    space = make_space("tpe", seed=1)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+    memory, limit = planner()
+    _, run = drive(space, study, memory)
+    assert all(estimate(SHAPE, p, SETUP).device_gb <= limit * 1.1 for p in run)
+    assert study.get_trials(states=(TrialState.PRUNED,))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_measured_fit_overrules_the_model() -> None:
+    memory, limit = planner()
+    big = Point(4, 0)
+    judged = memory.judge(big, [])
+    assert judged.fits is False
+    inside = [Measured(Point(8, 0), limit * 0.9)]  # a hungrier point measured inside the budget
+    judged = memory.judge(big, inside)
+    assert judged.fits is True
+    hungry = estimate(SHAPE, Point(8, 0), SETUP).device_gb
+    outside = [Measured(Point(8, 0), hungry)]  # measured as predicted: over the budget, no witness
+    assert hungry > limit and memory.judge(big, outside).fits is False

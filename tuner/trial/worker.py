@@ -36,6 +36,12 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc), for the runtime baseline before the model exists."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _watch_host_budget(budget_bytes: float, out_dir: Path, rank: int, phase: list[str]) -> None:
     """A CPU rank's memory budget: past it, record an out-of-memory failure and end the rank at once.
 
@@ -96,21 +102,29 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
         watch.start()
     clock["distributed"] = time.time()
 
+    def peak_now() -> float:
+        return float(torch.cuda.max_memory_allocated(device) if on_gpu else _peak_rss_bytes())
+
+    hf_causal_lm.import_model_code(spec["model_config"])
+    marks = {"runtime": float(_rss_bytes())}  # the interpreter and libraries, before any model exists
     ds_config = spec["ds_config"]
     phase[0] = "build"
-    # Built whole on each rank and partitioned by deepspeed.initialize: deepspeed.zero.Init, which would
-    # build ZeRO-3 models already partitioned, fails under torch 2.13's tensor-constructor checks.
-    model = hf_causal_lm.build_model(spec["model_config"], seed=spec["seed"])
+    if (ds_config.get("zero_optimization") or {}).get("stage") == 3:
+        model = hf_causal_lm.build_partitioned_model(spec["model_config"], spec["seed"], ds_config)
+    else:
+        model = hf_causal_lm.build_model(spec["model_config"], seed=spec["seed"])
     if spec["activation_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    facts = hf_causal_lm.model_facts(model)  # before ZeRO-3 partitions the parameters away
+    facts = hf_causal_lm.model_facts(model)
     vocab = hf_causal_lm.vocab_size(model)
+    marks["build"] = peak_now()
     clock["built"] = time.time()
 
     phase[0] = "initialize"
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
+    marks["initialize"] = peak_now()
     clock["initialized"] = time.time()
 
     phase[0] = "train"
@@ -151,7 +165,7 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
         mem = [float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device)), rss]
     else:
         mem = [rss, rss, rss]
-    mem_t = torch.tensor(mem, dtype=torch.float64)
+    mem_t = torch.tensor([*mem, marks["runtime"], marks["build"], marks["initialize"]], dtype=torch.float64)
     dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)
     final_loss = torch.tensor([loss_value], dtype=torch.float64)
     dist.all_reduce(final_loss, op=dist.ReduceOp.SUM)
@@ -167,6 +181,9 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
                 "peak_mem_bytes": mem_t[0].item(),
                 "peak_reserved_bytes": mem_t[1].item(),
                 "host_mem_bytes": mem_t[2].item(),
+                "runtime_mem_bytes": mem_t[3].item(),
+                "build_peak_bytes": mem_t[4].item(),
+                "initialize_peak_bytes": mem_t[5].item(),
                 "final_loss": final_loss.item() / world,
                 **facts,
                 "clock": clock,

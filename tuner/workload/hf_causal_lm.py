@@ -11,6 +11,13 @@ from typing import Any
 
 import torch
 
+from tuner.estimate import ModelShape
+
+# transformers' activation functions written as several Python operations, each keeping a tensor for
+# backward (gelu_new: its input, tanh, 1 + tanh and 0.5 x); the others are one fused kernel.
+UNFUSED_ACTIVATIONS = {"gelu_new": 4, "gelu_fast": 4, "gelu_accurate": 4, "quick_gelu": 2, "gelu_python": 3}
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "hidden_dropout", "hidden_dropout_prob", "dropout")
+
 
 def build_config(model_config: dict[str, Any]) -> Any:
     """A transformers config object from a mapping with `model_type` and the architecture's fields."""
@@ -29,6 +36,13 @@ def build_config(model_config: dict[str, Any]) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
+def import_model_code(model_config: dict[str, Any]) -> None:
+    """Import the architecture's modeling module (transformers imports it lazily on first build)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(build_config(model_config))]
+
+
 def build_model(model_config: dict[str, Any], seed: int) -> Any:
     """The causal LM (a transformers PreTrainedModel) for `model_config`, in fp32, with seeded random weights."""
     from transformers import AutoModelForCausalLM
@@ -39,29 +53,109 @@ def build_model(model_config: dict[str, Any], seed: int) -> Any:
     return AutoModelForCausalLM.from_config(config)
 
 
+def build_partitioned_model(model_config: dict[str, Any], seed: int, ds_config: dict[str, Any]) -> Any:
+    """The model built already partitioned by ZeRO-3 (deepspeed.zero.Init): no rank ever holds it whole.
+
+    transformers initialises weights after construction, when zero.Init has partitioned them away, so each
+    module's own parameters are gathered in turn (at most one module whole at a time) and initialised on
+    rank 0, which DeepSpeed then scatters. torch._dynamo's polyfills must be imported first: they check
+    torch.Tensor.__new__'s signature, which zero.Init patches (torch 2.13).
+    """
+    import deepspeed
+    import torch._dynamo.polyfills.loader
+    import torch.distributed as dist
+
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = build_model(model_config, seed)
+    torch.manual_seed(seed)
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            with deepspeed.zero.GatheredParameters(own, modifier_rank=0), torch.no_grad():
+                if dist.get_rank() == 0:
+                    model._init_weights(module)
+    return model
+
+
+def _numel(param: torch.nn.Parameter) -> int:
+    """Elements of a parameter, also when ZeRO-3 has partitioned it away (zero.Init)."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
 def model_facts(model: Any) -> dict[str, int]:
-    """What the FLOPs formula needs, counted from the model itself (call before ZeRO-3 partitions it).
+    """What the FLOPs formula needs, counted from the model itself (full sizes, also under zero.Init).
 
     matmul_parameters: every parameter except embedding lookups, plus the output projection when it is
     tied to the input embedding (the logits are computed all the same).
     """
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    total = sum(_numel(p) for p in model.parameters())
+    embedding = sum(_numel(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is model.get_input_embeddings().weight
     config = model.config
     return {
         "num_parameters": total,
         "embedding_parameters": embedding,
-        "matmul_parameters": total - embedding + (output.weight.numel() if tied else 0),
+        "matmul_parameters": total - embedding + (_numel(output.weight) if tied else 0),
         "num_layers": int(config.num_hidden_layers),
         "hidden_size": int(config.hidden_size),
     }
 
 
+def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The repeated transformer blocks: the longest ModuleList in the model."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return max(lists, key=len)
+
+
+def model_shape(model_config: dict[str, Any]) -> ModelShape:
+    """Count the architecture on PyTorch's meta device: shapes only, no memory, so a 70B model plans anywhere."""
+    from transformers import AutoModelForCausalLM
+
+    config = build_config(model_config)
+    config.use_cache = False
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    facts = model_facts(model)
+    heads = int(config.num_attention_heads)
+    hidden = facts["hidden_size"]
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    names = [name for name, _ in model.named_modules()]
+    gated = any(name.endswith(("gate_proj", "gate_up_proj", "w1")) for name in names)
+    act = str(getattr(config, "hidden_act", None) or getattr(config, "activation_function", "gelu"))
+    # gated: gate and up outputs, the activation's output, their product; else the activation's saved
+    # tensors and the down projection's input
+    mlp_saved = 4 if gated else UNFUSED_ACTIVATIONS.get(act, 1) + 1
+    attention_dropout = float(getattr(config, "attention_dropout", None) or getattr(config, "attn_pdrop", 0.0) or 0)
+    hidden_dropout = any(float(getattr(config, key, 0.0) or 0.0) > 0 for key in DROPOUT_KEYS)
+    norm_fp32 = any("RMSNorm" in type(m).__name__ for m in model.modules())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return ModelShape(
+        model_type=str(config.model_type),
+        num_parameters=facts["num_parameters"],
+        embedding_parameters=facts["embedding_parameters"],
+        largest_layer_parameters=largest,
+        block_parameters=sum(p.numel() for p in _blocks(model)[0].parameters()),
+        matmul_parameters=facts["matmul_parameters"],
+        num_layers=facts["num_layers"],
+        hidden_size=hidden,
+        intermediate_size=int(intermediate),
+        num_heads=heads,
+        num_kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+        vocab_size=vocab_size(model),
+        gated_mlp=gated,
+        mlp_saved=mlp_saved,
+        norm_fp32=norm_fp32,
+        attention=str(getattr(config, "_attn_implementation", None) or "eager"),
+        attention_dropout=attention_dropout > 0,
+        hidden_dropout=hidden_dropout,
+    )
+
+
 def vocab_size(model: torch.nn.Module) -> int:
     """The vocabulary size the model's embedding accepts."""
-    return int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
+    weight = model.get_input_embeddings().weight  # type: ignore[operator]
+    return int(getattr(weight, "ds_shape", weight.shape)[0])  # ds_shape: the full shape under zero.Init
 
 
 def synthetic_batch(

@@ -1,0 +1,161 @@
+"""`tuner plan` and the search's pruning (pure): which points fit the memory budget, and why not.
+
+A point is predicted not to fit when its calibrated peak exceeds the budget by more than the margin
+(the model's error allowance), or its offloaded states exceed the host budget. A point is never pruned
+when a completed trial of the same family (stage, offload) with at least its micro-batch size, and no more
+checkpointing or ZeRO partitioning, already fitted: measurements overrule the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tuner.calibration import Calibration, Calibrations, Measured, calibrate
+from tuner.estimate import GB, Buckets, Estimate, ModelShape, Setup, estimate
+from tuner.points import Enumeration, Point
+from tuner.space import Space
+
+
+def estimate_setup(space: Space, accelerator: str) -> Setup:
+    """The memory model's inputs that come from the space (not the point)."""
+    return Setup(
+        ranks=space.hardware.gpus_per_trial,
+        sequence_length=space.data.sequence_length,
+        precision=space.training.precision,
+        accelerator="cuda" if accelerator == "cuda" else "cpu",
+        buckets=Buckets.from_config(space.base_config_dict),
+    )
+
+
+def at_most_as_hungry(point: Point, than: Point) -> bool:
+    """True when `point` needs no more memory than `than` on any axis the model orders with confidence."""
+    return (
+        point.offload_optimizer == than.offload_optimizer
+        and point.offload_param == than.offload_param
+        and point.micro_batch_size <= than.micro_batch_size
+        and point.zero_stage >= than.zero_stage
+        and point.activation_checkpointing >= than.activation_checkpointing
+    )
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One point with its prediction and the decision."""
+
+    point: Point
+    estimate: Estimate
+    predicted_gb: float  # calibrated device peak
+    fits: bool | None  # None: no budget to judge against
+    reason: str | None  # why it does not fit, or why it is kept despite the model
+    calibration: Calibration = field(default_factory=Calibration)
+
+    def attrs(self) -> dict[str, object]:
+        """The prediction as the store's user attributes."""
+        return {
+            "predicted_mem_gb": round(self.predicted_gb, 4),
+            "predicted_raw_mem_gb": round(self.estimate.device_gb, 4),
+            "predicted_host_mem_gb": round(self.estimate.host_gb, 4),
+            "predicted_mem_parts_gb": {k: round(v / GB, 4) for k, v in self.estimate.parts.items()},
+            "memory_calibration": self.calibration.describe(),
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory limits a point must fit: per device, optionally per node for offloaded states, and the margin."""
+
+    device_gb: float | None
+    host_gb: float | None = None
+    margin: float = 0.10
+
+    def over(self, predicted_gb: float, host_gb: float) -> str | None:
+        """Why a prediction does not fit, or None."""
+        if self.device_gb is not None and predicted_gb > self.device_gb * (1 + self.margin):
+            return (
+                f"predicted peak {predicted_gb:.2f} GB per device is over the budget of {self.device_gb:g} GB "
+                f"(+{self.margin:.0%} margin)"
+            )
+        if self.host_gb is not None and host_gb > self.host_gb * (1 + self.margin):
+            return (
+                f"predicted host memory {host_gb:.2f} GB per node is over hardware.host_memory_gb="
+                f"{self.host_gb:g} (+{self.margin:.0%} margin)"
+            )
+        return None
+
+
+def decide(
+    shape: ModelShape,
+    setup: Setup,
+    point: Point,
+    budget: Budget,
+    calibrations: Calibrations | None = None,
+    fitted: Iterable[Point] = (),
+) -> Planned:
+    """Predict `point` and judge it against the budget; `fitted` are points measured inside the budget."""
+    est = estimate(shape, point, setup)
+    cal = (calibrations or Calibrations()).for_point(point)
+    predicted = cal.apply(est.parts["runtime"] / GB, est.device_gb)
+    if budget.device_gb is None and budget.host_gb is None:
+        return Planned(point, est, predicted, None, None, cal)
+    reason = budget.over(predicted, est.host_gb)
+    if reason is not None:
+        witness = next((p for p in fitted if at_most_as_hungry(point, p)), None)
+        if witness is not None:
+            kept = f"kept: {witness.label()} was measured inside the budget"
+            return Planned(point, est, predicted, True, kept, cal)
+    return Planned(point, est, predicted, reason is None, reason, cal)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every valid point's prediction and decision, and the counts `tuner plan` ends with."""
+
+    shape: ModelShape
+    setup: Setup
+    budget: Budget
+    calibrations: Calibrations
+    rows: tuple[Planned, ...]
+    invalid: int
+
+    @property
+    def not_fitting(self) -> int:
+        return sum(1 for r in self.rows if r.fits is False)
+
+    @property
+    def to_run(self) -> int:
+        return len(self.rows) - self.not_fitting
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + self.invalid
+
+
+def plan_space(
+    shape: ModelShape,
+    setup: Setup,
+    enumeration: Enumeration,
+    budget: Budget,
+    calibrations: Calibrations | None = None,
+) -> Plan:
+    """Predict every valid point of the space."""
+    cals = calibrations or Calibrations()
+    rows = tuple(decide(shape, setup, p, budget, cals) for p in enumeration.valid)
+    return Plan(shape, setup, budget, cals, rows, len(enumeration.dropped))
+
+
+@dataclass(frozen=True)
+class MemoryPlanner:
+    """The search's memory judge: the model, the budget, and whether pruning is on."""
+
+    shape: ModelShape
+    setup: Setup
+    budget: Budget
+    prune: bool = True
+
+    def judge(self, point: Point, measured: list[Measured]) -> Planned:
+        """Predict `point` with the calibration the measured trials give; never against a measured fit."""
+        calibrations = calibrate(self.shape, self.setup, measured)
+        limit = self.budget.device_gb
+        fitted = [m.point for m in measured if limit is None or m.peak_gb <= limit]
+        return decide(self.shape, self.setup, point, self.budget, calibrations, fitted)
