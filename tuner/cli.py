@@ -297,7 +297,7 @@ def plan(
     import json
 
     from tuner.calibration import calibrate
-    from tuner.plan import Budget, estimate_setup, plan_space
+    from tuner.plan import Budget, estimate_setup, plan_space, prune_margin
     from tuner.points import enumerate_points
     from tuner.search import detect_accelerator, memory_budget
     from tuner.space import DEFAULT_STORAGE, load_space
@@ -319,7 +319,7 @@ def plan(
             calibrations = calibrate(shape, setup, measured_memory(found))
     except SpaceError as exc:
         _fail(exc)
-    budget = Budget(memory_budget(space, kind), space.hardware.host_memory_gb, space.search.prune_margin)
+    budget = Budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind))
     result = plan_space(shape, setup, enumeration, budget, calibrations)
     if as_json:
         out.print(json.dumps(_plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)

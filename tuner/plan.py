@@ -28,6 +28,16 @@ def estimate_setup(space: Space, accelerator: str) -> Setup:
     )
 
 
+DEFAULT_MARGIN = {"cuda": 0.10, "cpu": 0.20}
+
+
+def prune_margin(space: Space, accelerator: str) -> float:
+    """The space's margin, else the default for the device kind (the model's measured error allowance)."""
+    if space.search.prune_margin is not None:
+        return space.search.prune_margin
+    return DEFAULT_MARGIN["cuda" if accelerator == "cuda" else "cpu"]
+
+
 def at_most_as_hungry(point: Point, than: Point) -> bool:
     """True when `point` needs no more memory than `than` on any axis the model orders with confidence."""
     return (

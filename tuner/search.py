@@ -18,7 +18,7 @@ import optuna
 
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
-from tuner.plan import Budget, MemoryPlanner, estimate_setup
+from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
@@ -122,7 +122,7 @@ def memory_planner(space: Space, accelerator: str, prune: bool | None = None) ->
     """The memory model for this space's architecture, budget and margin."""
     from tuner.workload.hf_causal_lm import model_shape
 
-    budget = Budget(memory_budget(space, accelerator), space.hardware.host_memory_gb, space.search.prune_margin)
+    budget = Budget(memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator))
     return MemoryPlanner(
         shape=model_shape(space.model_config_dict),
         setup=estimate_setup(space, accelerator),

@@ -233,3 +233,11 @@ def test_a_measured_fit_overrules_the_model() -> None:
     hungry = estimate(SHAPE, Point(8, 0), SETUP).device_gb
     outside = [Measured(Point(8, 0), hungry)]  # measured as predicted: over the budget, no witness
     assert hungry > limit and memory.judge(big, outside).fits is False
+
+
+def test_prune_margin_defaults_by_device_kind_and_the_space_overrides_it() -> None:
+    from tuner.plan import prune_margin
+
+    assert prune_margin(make_space("grid"), "cuda") == 0.10
+    assert prune_margin(make_space("grid"), "cpu") == 0.20
+    assert prune_margin(make_space("grid", prune_margin=0.05), "cpu") == 0.05

@@ -284,6 +284,10 @@ BAD_INPUTS: list[tuple[str, Edit, str]] = [
     ("data-section-not-mapping", _set(data=5), "data"),
     ("gpus-per-trial-zero", _with("hardware", gpus_per_trial=0), "hardware.gpus_per_trial"),
     ("device-memory-zero", _with("hardware", device_memory_gb=0), "hardware.device_memory_gb"),
+    ("host-memory-negative", _with("hardware", host_memory_gb=-1), "hardware.host_memory_gb"),
+    ("prune-margin-negative", _with("search", prune_margin=-0.1), "search.prune_margin"),
+    ("prune-margin-over-one", _with("search", prune_margin=2), "search.prune_margin"),
+    ("prune-not-bool", _with("search", prune="sometimes"), "search.prune"),
     ("accelerator-tpu", _with("hardware", accelerator="tpu"), "hardware.accelerator"),
     ("data-source-hf", _with("data", source="hf"), "data.source"),
 ]
