@@ -38,7 +38,9 @@ from tuner.flops import flops_per_token
 from tuner.points import Point
 
 GB = 1024**3
-CPU_RUNTIME_GB = 0.45  # resident memory of a CPU rank after imports and gloo set-up (benchmarks/results)
+# A CPU rank's resident memory with a negligible model: interpreter, torch, DeepSpeed, transformers and the
+# training step's own workspaces (the quick-start's 0.7M-parameter model peaked at 0.41-0.51 GB per rank)
+CPU_RUNTIME_GB = 0.45
 FRAGMENTATION = 0.05  # caching-allocator (GPU) or malloc (CPU) slack over live tensors
 HOST_BUFFER_FACTOR = 1.5  # DeepSpeed's estimators' additional_buffer_factor for host memory
 PARTS = ("runtime", "parameters", "gradients", "optimizer_states", "activations", "logits", "buffers")
@@ -73,7 +75,6 @@ class Buckets:
     """DeepSpeed's communication buffer sizes in elements (its defaults, or the base config's)."""
 
     reduce_bucket_size: int = 500_000_000
-    allgather_bucket_size: int = 500_000_000
     allreduce_bucket_size: int = 500_000_000
     prefetch_bucket_size: int = 50_000_000
     overlap_comm: bool | None = None  # DeepSpeed's default: on for stage 3 only
@@ -85,7 +86,6 @@ class Buckets:
         default = cls()
         return cls(
             reduce_bucket_size=int(zero.get("reduce_bucket_size", default.reduce_bucket_size)),
-            allgather_bucket_size=int(zero.get("allgather_bucket_size", default.allgather_bucket_size)),
             allreduce_bucket_size=int(ds_config.get("allreduce_bucket_size", default.allreduce_bucket_size)),
             prefetch_bucket_size=int(
                 zero.get("stage3_prefetch_bucket_size", zero.get("prefetch_bucket_size", default.prefetch_bucket_size))
@@ -247,20 +247,22 @@ def logits_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: int) -> flo
 
 
 def buffer_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
-    """DeepSpeed's communication buckets: whole on a GPU, touched only as far as the model fills them on CPU."""
+    """DeepSpeed's communication buffers, whole on a GPU, on CPU only as far as the model fills them.
+
+    Stage 0 flattens gradients into all-reduce buckets of up to allreduce_bucket_size elements; stages 1
+    and 2 allocate a contiguous gradient bucket of reduce_bucket_size elements (a second one with
+    overlap_comm); stage 3 its reduce bucket and the parameters it prefetches (prefetch_bucket_size).
+    """
     n, p, bk = shape.num_parameters, setup.param_bytes, setup.buckets
 
     def bucket(elements: int) -> float:
         return float(elements if setup.accelerator == "cuda" else min(elements, n)) * p
 
     if point.zero_stage == 0:
-        return bucket(bk.allreduce_bucket_size) if setup.ranks > 1 else 0.0
+        return float(min(bk.allreduce_bucket_size, n)) * p if setup.ranks > 1 else 0.0
     if point.zero_stage in (1, 2):
-        overlap = bool(bk.overlap_comm)
-        reduce = bucket(bk.reduce_bucket_size) * (2 if overlap else 1) if point.zero_stage == 2 else 0.0
-        return reduce + (bucket(bk.allgather_bucket_size) if setup.ranks > 1 else 0.0) / 2
-    overlap = True if bk.overlap_comm is None else bk.overlap_comm
-    return bucket(bk.reduce_bucket_size) * (2 if overlap else 1) / 2 + bucket(bk.prefetch_bucket_size)
+        return bucket(bk.reduce_bucket_size) * (2 if bk.overlap_comm else 1)
+    return bucket(bk.reduce_bucket_size) + bucket(bk.prefetch_bucket_size)
 
 
 def build_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
