@@ -44,7 +44,11 @@ def main() -> None:
     ds_config = json.loads(args.deepspeed_config.read_text())
     model_json = json.loads(args.model_config.read_text())
     checkpointing = args.gradient_checkpointing or bool(model_json.get("activation_checkpointing"))
-    model = hf_causal_lm.build_model(model_json.get("model_config", model_json), seed=0)
+    model_config = model_json.get("model_config", model_json)
+    if (ds_config.get("zero_optimization") or {}).get("stage") == 3:  # built partitioned, as the trials did
+        model = hf_causal_lm.build_partitioned_model(model_config, 0, ds_config)
+    else:
+        model = hf_causal_lm.build_model(model_config, seed=0)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
