@@ -2,8 +2,8 @@
 
 A point is predicted not to fit when its calibrated peak exceeds the budget by more than the margin
 (the model's error allowance), or its offloaded states exceed the host budget. A point is never pruned
-when a completed trial of the same family (stage, offload) with at least its micro-batch size, and no more
-checkpointing or ZeRO partitioning, already fitted: measurements overrule the model.
+when a completed trial at least as memory-hungry (the same offload, at least its micro-batch size, no
+more ZeRO partitioning, no more checkpointing) fitted the budget: measurements overrule the model.
 """
 
 from __future__ import annotations
