@@ -6,7 +6,8 @@ instead, so each Tune trial ends in the store as COMPLETE (objective value) or F
 with every figure and its ds_config as user attributes.
 
 Samplers: `grid` runs the valid points in order, `random` draws them without replacement, `tpe` asks
-Optuna's TPE sampler over a conditional space (offload knobs only where the ZeRO stage allows them).
+Optuna's TPE sampler over a conditional space (offload knobs only where the ZeRO stage allows them),
+`guided` follows the space's structure (tuner.guided) and stops when nothing left can plausibly win.
 Before a point launches, the memory model (calibrated on the trials measured so far) judges it: a point
 predicted not to fit is recorded as PRUNED with its prediction and reason, and never launched.
 """
@@ -23,6 +24,7 @@ import optuna
 from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
+from tuner import guided
 from tuner.plan import MemoryPlanner, Planned
 from tuner.points import Point
 from tuner.result import TrialResult
@@ -33,6 +35,7 @@ from tuner.trial import failures
 RESULT_KEY = "tuner_result"
 INTERRUPTED = "interrupted"
 _TPE_TRIES = 20
+_STOP = "stop"  # the guided sampler's verdict: nothing left can plausibly beat the best
 
 
 def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point:
@@ -124,6 +127,8 @@ class StudySearcher(Searcher):
             if self.launched >= self.budget or not remaining:
                 return Searcher.FINISHED  # type: ignore[return-value]
             picked = self._next(remaining)
+            if isinstance(picked, str):  # _STOP
+                return Searcher.FINISHED  # type: ignore[return-value]
             if picked is None:
                 continue  # the point was pruned; pick again
             trial, point, attrs = picked
@@ -138,8 +143,13 @@ class StudySearcher(Searcher):
         self.on_event("start", {"number": trial.number, "index": self.launched, "point": point})
         return {"point": point.params(), "trial_number": trial.number, "ds_config": ds_config}
 
-    def _next(self, remaining: list[Point]) -> tuple[Trial, Point, dict[str, Any]] | None:
-        """The next trial to launch and its memory attributes, or None when the chosen point was pruned."""
+    def _next(self, remaining: list[Point]) -> tuple[Trial, Point, dict[str, Any]] | str | None:
+        """The next trial to launch and its memory attributes, None when the chosen point was pruned, or _STOP."""
+        if self.space.search.sampler == "guided":
+            choice = self._guided_choice(remaining)
+            if choice is None:
+                return _STOP
+            return self._launch(choice, self.judge(choice))
         if self.space.search.sampler == "tpe":
             for _ in range(_TPE_TRIES):
                 trial = self.study.ask()
@@ -148,7 +158,31 @@ class StudySearcher(Searcher):
                     return self._admit(trial, point)
                 self._tell_duplicate(trial, point)
         choice = remaining[0] if self.space.search.sampler == "grid" else self.rng.choice(remaining)
-        judged = self.judge(choice)
+        return self._launch(choice, self.judge(choice))
+
+    def _guided_choice(self, remaining: list[Point]) -> Point | None:
+        """Guided's next point from the measured trials; points in flight count as measured, without a value."""
+        sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        outcomes: dict[Point, guided.Outcome] = {}
+        for point, t in self.done.items():
+            value = sign * t.value if t.state == TrialState.COMPLETE and t.value is not None else None
+            outcomes[point] = guided.Outcome(value, oom=t.user_attrs.get("failure_category") == failures.OOM)
+        for _, point in self.in_flight.values():
+            outcomes.setdefault(point, guided.Outcome(None))
+        measured = measured_memory(self.study) if self.memory is not None else []
+
+        def fits(point: Point) -> bool:
+            if self.memory is None:
+                return True
+            return not self._prunes(self.memory.judge(point, measured))
+
+        offload_is_slower = self.memory is None or self.memory.setup.accelerator == "cuda"
+        return guided.next_point(remaining, outcomes, fits, offload_is_slower=offload_is_slower)
+
+    def _launch(
+        self, choice: Point, judged: tuple[Planned, dict[str, Any]] | None
+    ) -> tuple[Trial, Point, dict[str, Any]] | None:
+        """Ask Optuna for a trial of `choice` (enqueued), unless an earlier run already recorded it PRUNED."""
         if judged is not None and self._prunes(judged[0]) and choice in self.pruned_before:
             self.skipped.add(choice)  # recorded as PRUNED by an earlier run; not recorded twice
             return None

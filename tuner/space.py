@@ -121,10 +121,18 @@ class SpaceSection(_Section):
 
 
 class SearchSection(_Section):
-    sampler: Literal["grid", "random", "tpe"] = "grid"
+    sampler: Literal["grid", "random", "tpe", "guided"] = "grid"
     max_trials: PositiveInt | None = Field(None, description="Most trials to launch; default: every valid point.")
     objective: Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"] = "tokens_per_s"
     seed: int = 0
+
+    @field_validator("objective")
+    @classmethod
+    def _guided_needs_throughput(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("sampler") == "guided" and value == "peak_mem_gb":
+            raise ValueError("the guided sampler needs a speed objective: tokens_per_s, samples_per_s or step_time_s")
+        return value
+
     prune: bool = Field(True, description="Skip points the memory model predicts not to fit (recorded as PRUNED).")
     prune_margin: float | None = Field(
         None,

@@ -241,3 +241,25 @@ def test_prune_margin_defaults_by_device_kind_and_the_space_overrides_it() -> No
     assert prune_margin(make_space("grid"), "cuda") == 0.10
     assert prune_margin(make_space("grid"), "cpu") == 0.20
     assert prune_margin(make_space("grid", prune_margin=0.05), "cpu") == 0.05
+
+
+def test_guided_finds_the_best_that_fits_with_fewer_trials_and_stops_by_its_rule() -> None:
+    space = make_space("guided")
+    study = optuna.create_study(direction="maximize")
+    memory, limit = planner()
+    searcher, run = drive(space, study, memory)
+    valid = enumerate_points(space).valid
+    fitting = [p for p in valid if memory.judge(p, []).fits and p.offload_param == "none"]
+    best = max(fitting, key=lambda p: fake_result(p).figures["tokens_per_s"])
+    assert study.best_trial.params == best.params() or Point.from_params(study.best_trial.params) == best
+    assert len(run) < len(valid) / 2, f"{len(run)} of {len(valid)}"
+    assert all(memory.judge(p, []).fits for p in run)  # never a point the model rules out
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert searcher.suggest("after") == Searcher.FINISHED
+
+
+def test_guided_needs_a_speed_objective() -> None:
+    from tuner.errors import SpaceError
+
+    with pytest.raises(SpaceError, match="search.objective"):
+        make_space("guided", objective="peak_mem_gb")
