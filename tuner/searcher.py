@@ -169,15 +169,10 @@ class StudySearcher(Searcher):
             outcomes[point] = guided.Outcome(value, oom=t.user_attrs.get("failure_category") == failures.OOM)
         for _, point in self.in_flight.values():
             outcomes.setdefault(point, guided.Outcome(None))
-        measured = measured_memory(self.study) if self.memory is not None else []
-
-        def fits(point: Point) -> bool:
-            if self.memory is None:
-                return True
-            return not self._prunes(self.memory.judge(point, measured))
-
+        # A point the memory model rules out is recorded PRUNED when chosen (see _admit) and leaves `remaining`,
+        # so guided then tries the next smaller micro-batch of its family.
         offload_is_slower = self.memory is None or self.memory.setup.accelerator == "cuda"
-        return guided.next_point(remaining, outcomes, fits, offload_is_slower=offload_is_slower)
+        return guided.next_point(remaining, outcomes, offload_is_slower=offload_is_slower)
 
     def _launch(
         self, choice: Point, judged: tuple[Planned, dict[str, Any]] | None

@@ -1,0 +1,130 @@
+"""Search efficiency: grid (ground truth) against random, tpe and guided on one space, through the real CLI.
+
+    python benchmarks/search_efficiency.py [--space benchmarks/spaces/search-efficiency-cpu.yaml]
+                                           [--seeds 2] [--budget-share 0.25]
+
+The grid runs every valid point with --no-prune, so every point's throughput (or its out-of-memory
+failure) is measured once: that is the ground truth. random and tpe get `budget-share` of the grid's
+launches as search.max_trials; guided stops by its own rule. For each run: the best point it found, its
+throughput as the grid measured it divided by the grid's best (no run-to-run noise in the ratio), its own
+measurement, trials launched, failed (out of memory) and pruned, and wall time of the whole `tuner search`.
+Writes benchmarks/results/<date>-search-efficiency-<device>.md (and the raw runs as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SPACE = REPO / "benchmarks" / "spaces" / "search-efficiency-cpu.yaml"
+
+
+def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, Any], no_prune: bool) -> dict[str, Any]:
+    """One `tuner search` on a copy of the space with `search` overriding its search section."""
+    raw = yaml.safe_load(space.read_text())
+    raw["search"] = {**raw.get("search", {}), **search}
+    raw["study"] = name
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    args = [str(Path(sys.executable).parent / "tuner"), "search", str(path), "--storage", url]
+    started = time.monotonic()
+    done = subprocess.run(
+        [*args, *(["--no-prune"] if no_prune else [])], cwd=tmp, capture_output=True, text=True, check=False
+    )
+    wall = time.monotonic() - started
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
+    launched = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: float(t.value or 0.0)) if complete else None
+    print(f"{name}: exit {done.returncode}, {len(launched)} launched, {wall:.0f} s", flush=True)
+    return {
+        "name": name,
+        "search": search,
+        "exit_code": done.returncode,
+        "wall_s": wall,
+        "launched": len(launched),
+        "failed": sum(t.state == TrialState.FAIL for t in launched),
+        "oom": sum(t.user_attrs.get("failure_category") == "oom" for t in launched),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "best_point": best.user_attrs["point"] if best else None,
+        "best_value": float(best.value) if best and best.value is not None else None,
+        "points": {t.user_attrs["point"]: (float(t.value) if t.value is not None else None) for t in launched},
+        "stdout_tail": done.stdout[-1500:],
+    }
+
+
+def report(runs: list[dict[str, Any]], space: Path) -> str:
+    import deepspeed
+    import ray
+    import torch
+
+    grid = runs[0]
+    truth = {p: v for p, v in grid["points"].items() if v is not None}
+    grid_best = max(truth.values())
+    lines = [
+        f"# Search efficiency on CPU ({datetime.now(UTC):%Y-%m-%d})",
+        "",
+        f"Machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; torch "
+        f"{torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}, optuna {optuna.__version__}.",
+        f"Space: `{space.relative_to(REPO)}` ({grid['launched']} valid points, every one run by the grid with "
+        f"--no-prune: {len(truth)} fit, {grid['oom']} ran out of the memory budget). Command: "
+        "`python benchmarks/search_efficiency.py`.",
+        f"Grid best: {grid['best_point']} at {grid_best:,.0f} tokens/s.",
+        "",
+        "| run | launched | share of grid | failed (oom) | pruned | best point | grid's value / grid best "
+        "| own value / grid best | wall s |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in runs:
+        found = truth.get(r["best_point"]) if r["best_point"] else None
+        by_grid = f"{found / grid_best:.1%}" if found else "-"
+        own = f"{r['best_value'] / grid_best:.1%}" if r["best_value"] else "-"
+        lines.append(
+            f"| {r['name']} | {r['launched']} | {r['launched'] / grid['launched']:.0%} | {r['failed']} ({r['oom']}) "
+            f"| {r['pruned']} | {r['best_point']} | {by_grid} | {own} | {r['wall_s']:.0f} |"
+        )
+    lines += ["", "Grid: every point's throughput (tokens/s; - for out of memory):", ""]
+    for point, value in sorted(grid["points"].items(), key=lambda kv: -(kv[1] or 0)):
+        lines.append(f"- {point}: {'-' if value is None else f'{value:,.0f}'}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--budget-share", type=float, default=0.25)
+    args = parser.parse_args()
+    space = args.space.resolve()
+    with tempfile.TemporaryDirectory(prefix="tuner-efficiency-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
+        runs = [run_search(space, Path(tmp), url, "grid", {"sampler": "grid"}, no_prune=True)]
+        budget = max(1, round(runs[0]["launched"] * args.budget_share))
+        for seed in range(args.seeds):
+            runs.append(run_search(space, Path(tmp), url, f"guided-{seed}", {"sampler": "guided", "seed": seed}, False))
+            for sampler in ("random", "tpe"):
+                search = {"sampler": sampler, "seed": seed, "max_trials": budget}
+                runs.append(run_search(space, Path(tmp), url, f"{sampler}-{seed}", search, False))
+    out = REPO / "benchmarks" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-search-efficiency-cpu.md"
+    out.write_text(report(runs, space))
+    out.with_suffix(".json").write_text(json.dumps(runs, indent=2))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
