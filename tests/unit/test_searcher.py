@@ -246,7 +246,7 @@ def test_prune_margin_defaults_by_device_kind_and_the_space_overrides_it() -> No
 def test_guided_finds_the_best_that_fits_with_fewer_trials_and_stops_by_its_rule() -> None:
     space = make_space("guided")
     study = optuna.create_study(direction="maximize")
-    memory, limit = planner()
+    memory, _limit = planner()
     searcher, run = drive(space, study, memory)
     valid = enumerate_points(space).valid
     fitting = [p for p in valid if memory.judge(p, []).fits and p.offload_param == "none"]
@@ -261,5 +261,5 @@ def test_guided_finds_the_best_that_fits_with_fewer_trials_and_stops_by_its_rule
 def test_guided_needs_a_speed_objective() -> None:
     from tuner.errors import SpaceError
 
-    with pytest.raises(SpaceError, match="search.objective"):
+    with pytest.raises(SpaceError, match=r"search\.objective"):
         make_space("guided", objective="peak_mem_gb")

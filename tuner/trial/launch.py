@@ -90,6 +90,12 @@ def _rank_failure(trial_dir: Path) -> tuple[str, str, str] | None:
     return first["category"], reason, first.get("traceback", "")
 
 
+def _killed_silently(trial_dir: Path, ranks: int, log_text: str) -> bool:
+    """True when torchrun saw a rank die of SIGKILL and some rank wrote no error file (the killed one)."""
+    killed = any(int(code) == -signal.SIGKILL for code in _EXITCODE.findall(log_text))
+    return killed and len(list(trial_dir.glob("error_rank*.json"))) < ranks
+
+
 def _exit_failure(returncode: int, log_text: str) -> tuple[str, str]:
     """A rank died without writing why: report how torchrun saw it exit."""
     codes = [int(c) for c in _EXITCODE.findall(log_text)]
@@ -154,13 +160,16 @@ def run_trial(
         figures = figures_from_worker(raw, spec, duration)
         return TrialResult(figures, None, None, str(log_path), "", duration)
     found = _rank_failure(trial_dir)
+    log_text = log_path.read_text(errors="replace")
+    if found is not None and found[0] != failures.OOM and _killed_silently(trial_dir, ranks, log_text):
+        found = None  # a rank was SIGKILLed without a word: the peers' collective errors are its consequence
     if found is not None:  # the failing rank's own traceback first, then the interleaved log of all ranks
         category, reason, traceback = found
         tail = f"{traceback.strip()}\n--- trial log ---\n{tail}" if traceback.strip() else tail
     elif proc.returncode == 0:
         category, reason = failures.CRASH, "the ranks exited without writing a result"
     else:
-        category, reason = _exit_failure(proc.returncode, log_path.read_text(errors="replace"))
+        category, reason = _exit_failure(proc.returncode, log_text)
     return TrialResult.failed(category, reason, str(log_path), tail, duration)
 
 
