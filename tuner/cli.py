@@ -102,6 +102,7 @@ class _Progress:
         f = result.figures
         mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
         noisy = " NOISY" if f.get("noisy") else ""
+        noisy += ", STOPPED EARLY: clearly slower than the best" if f.get("stopped_early") else ""
         out.print(
             f"{head} {f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu} "
             f"step {f['step_time_s']:.3f} s (cv {f['step_time_cv']:.1%} over {f['measured_steps']:.0f}{noisy}), "
@@ -111,15 +112,15 @@ class _Progress:
         )
 
 
-def _summary_table(study: Any, objective: str) -> Table:
+def _summary_table(study: Any) -> Table:
     from optuna.trial import TrialState
 
     from tuner.store import measured_trials
 
     trials = measured_trials(study)
-    maximize = study.direction.name == "MAXIMIZE"
+    maximize = study.directions[0].name == "MAXIMIZE"
     complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: float(t.value or 0.0), reverse=maximize
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: float(t.values[0]), reverse=maximize
     )
     rest = [t for t in trials if t.state != TrialState.COMPLETE]
     table = Table(title=f"study {study.study_name}: {len(complete)} complete, {len(rest)} not", title_justify="left")
@@ -132,8 +133,21 @@ def _summary_table(study: Any, objective: str) -> Table:
             str(t.number), a.get("point", ""), t.state.name, _fmt(a.get("tokens_per_s"), 0),
             _fmt(a.get("tflops_per_device"), 3), _fmt(a.get("step_time_s"), 3),
             _fmt(a.get("step_time_cv"), 3) + ("!" if a.get("noisy") else ""), _fmt(a.get("peak_mem_gb"), 2),
-            a.get("failure_category", ""),
+            a.get("failure_category", "") or ("stopped early" if a.get("stopped_early") else ""),
         )  # fmt: skip
+    return table
+
+
+def _front_table(study: Any, objectives: tuple[str, ...]) -> Table:
+    """The Pareto front: no other trial beats these on every objective; pick one with export --trial."""
+    from tuner.store import pareto_front
+
+    front = sorted(pareto_front(study), key=lambda t: t.values[0], reverse=study.directions[0].name == "MAXIMIZE")
+    table = Table()
+    for name in ("#", "point", *objectives):
+        table.add_column(name, justify="left" if name == "point" else "right")
+    for t in front:
+        table.add_row(str(t.number), t.user_attrs.get("point", ""), *(f"{v:,.4g}" for v in t.values))
     return table
 
 
@@ -197,14 +211,18 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    progress = _Progress(space.search.objective, space.direction == "maximize")
+    progress = _Progress(space.objectives[0], space.direction == "maximize")
     try:
         searched = run_search(
             space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
         )
     except SpaceError as exc:
         _fail(exc)
-    out.print(_summary_table(searched.study, space.search.objective), soft_wrap=False)
+    out.print(_summary_table(searched.study), soft_wrap=False)
+    if len(space.objectives) > 1:
+        front = _front_table(searched.study, space.objectives)
+        out.print(f"Pareto front over {', '.join(space.objectives)}: {front.row_count} trial(s)", markup=False)
+        out.print(front, soft_wrap=False)
     failed = _failure_lines(searched.study)
     if failed:
         out.print("failures:\n" + "\n".join(failed), markup=False)
@@ -219,7 +237,9 @@ def search(
         raise typer.Exit(1)
     out.print(
         f"best: trial {best.number} {best.user_attrs.get('point')} "
-        f"{space.search.objective}={best.value:,.4g}\n"
+        f"{space.objectives[0]}={best.values[0]:,.4g}"
+        + (" (by the first objective)" if len(space.objectives) > 1 else "")
+        + "\n"
         f"export it: tuner export --study {space.study} --storage {redact(space.storage)} --output ds_config.json",
         markup=False,
     )

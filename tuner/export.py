@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.errors import SpaceError
-from tuner.store import best_trial, redact
+from tuner.store import best_trial, pareto_front, redact
 from tuner.trial.failures import one_line
 
 FIGURE_KEYS = (
@@ -72,6 +72,11 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get("objectives") or [study.user_attrs.get("objective")]
+    return [str(name) for name in names]
+
+
 def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
     """Where the exported config came from: enough to trace it back and to judge it."""
     space = study.user_attrs.get("space", {})
@@ -83,7 +88,9 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         "trial": trial.number,
         "point": trial.params,
         "objective": study.user_attrs.get("objective"),
-        "value": trial.value,
+        "value": trial.values[0],
+        "values": dict(zip(_objective_names(study), trial.values, strict=False)),
+        "on_pareto_front": trial.number in {t.number for t in pareto_front(study)},
         "figures": {k: trial.user_attrs[k] for k in FIGURE_KEYS if k in trial.user_attrs},
         "measured_with": {
             "ranks": ranks,

@@ -64,8 +64,10 @@ def memory_budget(space: Space, accelerator: str) -> float | None:
     return None
 
 
-def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[str, Any]:
-    """The JSON each rank's worker reads."""
+def trial_spec(
+    space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
+) -> dict[str, Any]:
+    """The JSON each rank's worker reads; `stop_over_step_s` is the early-stopping limit, if any."""
     accum = grad_accum(space.training.global_batch_size, point.micro_batch_size, space.hardware.gpus_per_trial)
     return {
         "model_config": space.model_config_dict,
@@ -83,6 +85,7 @@ def trial_spec(space: Space, point: Point, ds_config: dict[str, Any]) -> dict[st
         "max_cv": space.trial.max_cv,
         "max_measure_steps": space.trial.measure_cap,
         "ds_config": ds_config,
+        "stop_over_step_s": stop_over_step_s,
     }
 
 
@@ -93,7 +96,7 @@ def _trainable(config: dict[str, Any], context: TrialContext) -> None:
     space = context.space
     point = Point.from_params(config["point"])
     result = run_trial(
-        trial_spec(space, point, config["ds_config"]),
+        trial_spec(space, point, config["ds_config"], config.get("stop_over_step_s")),
         context.run_dir / f"trial_{config['trial_number']:04d}",
         ranks=space.hardware.gpus_per_trial,
         accelerator=context.accelerator,
@@ -137,11 +140,14 @@ def create_study(space: Space) -> optuna.Study:
     storage = open_storage(space.storage)
     sampler = optuna.samplers.TPESampler(seed=space.search.seed)
     study = optuna.create_study(
-        study_name=space.study, storage=storage, direction=space.direction, sampler=sampler, load_if_exists=True
+        study_name=space.study, storage=storage, directions=space.directions, sampler=sampler, load_if_exists=True
     )
-    if study.direction != optuna.study.StudyDirection[space.direction.upper()]:
-        raise SpaceError("search.objective", f"study {space.study!r} exists with the other direction; use --study")
+    if [d.name.lower() for d in study.directions] != space.directions:
+        raise SpaceError(
+            "search.objective", f"study {space.study!r} exists with other objectives or directions; use --study"
+        )
     study.set_user_attr("objective", space.search.objective)
+    study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", json.loads(space_document(space)))
     return study
 

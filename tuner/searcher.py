@@ -138,10 +138,32 @@ class StudySearcher(Searcher):
         ds_config = self.ds_configs[point]
         trial.set_user_attr("point", point.label())
         trial.set_user_attr("ds_config", ds_config)
+        limit = self.early_stop_limit()
+        if limit is not None:
+            trial.set_user_attr("early_stop_over_step_s", limit)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.on_event("start", {"number": trial.number, "index": self.launched, "point": point})
-        return {"point": point.params(), "trial_number": trial.number, "ds_config": ds_config}
+        return {
+            "point": point.params(),
+            "trial_number": trial.number,
+            "ds_config": ds_config,
+            "stop_over_step_s": limit,
+        }
+
+    def early_stop_limit(self) -> float | None:
+        """The step time past which a new trial is clearly slower: the best measured one's, plus the margin.
+
+        The speed objectives rank alike (the global batch and sequence are fixed), so step time serves all.
+        """
+        if not self.space.search.stops_early:
+            return None
+        times = [
+            float(t.user_attrs["step_time_s"])
+            for t in self.done.values()
+            if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("step_time_s"), (int, float))
+        ]
+        return min(times) * (1 + self.space.search.early_stop_margin) if times else None
 
     def _next(self, remaining: list[Point]) -> tuple[Trial, Point, dict[str, Any]] | str | None:
         """The next trial to launch and its memory attributes, None when the chosen point was pruned, or _STOP."""
@@ -162,7 +184,7 @@ class StudySearcher(Searcher):
 
     def _guided_choice(self, remaining: list[Point]) -> Point | None:
         """Guided's next point from the measured trials; points in flight count as measured, without a value."""
-        sign = 1.0 if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        sign = 1.0 if self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
         outcomes: dict[Point, guided.Outcome] = {}
         for point, t in self.done.items():
             value = sign * t.value if t.state == TrialState.COMPLETE and t.value is not None else None
@@ -222,7 +244,7 @@ class StudySearcher(Searcher):
             return
         if earlier is not None and earlier.state == TrialState.COMPLETE:
             trial.set_user_attr("duplicate_of", earlier.number)
-            self.study.tell(trial, earlier.value)
+            self.study.tell(trial, earlier.values)
             return
         number = earlier.number if earlier is not None else None
         trial.set_user_attr("duplicate_of", number if number is not None else -1)
@@ -246,13 +268,15 @@ class StudySearcher(Searcher):
         try:
             for key, value in outcome.user_attrs().items():
                 trial.set_user_attr(key, value)
-            value = outcome.figures.get(self.space.search.objective) if outcome.ok else None
-            if value is not None and math.isfinite(value):
-                self.study.tell(trial, value)
+            values = [outcome.figures.get(name) for name in self.space.objectives] if outcome.ok else []
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            if outcome.ok and len(finite) == len(values):
+                self.study.tell(trial, finite)
             else:
                 if outcome.ok:
+                    names = ", ".join(self.space.objectives)
                     trial.set_user_attr("failure_category", failures.TUNER_ERROR)
-                    trial.set_user_attr("failure_reason", f"objective {self.space.search.objective} is not finite")
+                    trial.set_user_attr("failure_reason", f"objective {names} is not finite")
                 self.study.tell(trial, state=TrialState.FAIL)
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)

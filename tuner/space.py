@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from tuner.errors import SpaceError
@@ -120,18 +121,79 @@ class SpaceSection(_Section):
         return value
 
 
+ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"]
+SPEED_OBJECTIVES = ("tokens_per_s", "samples_per_s", "step_time_s")
+
+
+def _default_sampler(data: Any) -> Any:
+    """guided for one speed objective (its rules are about speed); Optuna's TPE for a Pareto front or memory."""
+    if isinstance(data, dict) and data.get("sampler") is None:
+        objective = data.get("objective", "tokens_per_s")
+        several = isinstance(objective, list) and len(objective) > 1
+        speed = (objective[0] if isinstance(objective, list) and objective else objective) in SPEED_OBJECTIVES
+        data = {**data, "sampler": "tpe" if several or not speed else "guided"}
+    return data
+
+
 class SearchSection(_Section):
-    sampler: Literal["grid", "random", "tpe", "guided"] = "grid"
+    sampler: Literal["grid", "random", "tpe", "guided"] = Field(
+        "guided", description="Default: guided for one speed objective, tpe for a list of objectives or memory."
+    )
     max_trials: PositiveInt | None = Field(None, description="Most trials to launch; default: every valid point.")
-    objective: Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"] = "tokens_per_s"
+    objective: ObjectiveName | list[ObjectiveName] = Field(
+        "tokens_per_s", description="One figure, or a list for a Pareto front, e.g. [tokens_per_s, peak_mem_gb]."
+    )
     seed: int = 0
+
+    _sampler_default = model_validator(mode="before")(_default_sampler)
 
     @field_validator("objective")
     @classmethod
-    def _guided_needs_throughput(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("sampler") == "guided" and value == "peak_mem_gb":
-            raise ValueError("the guided sampler needs a speed objective: tokens_per_s, samples_per_s or step_time_s")
+    def _objectives(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        names = [value] if isinstance(value, str) else list(value)
+        if not names:
+            raise ValueError("must name at least one objective")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"objective {name!r} is listed twice")
+        if info.data.get("sampler") == "guided" and (len(names) > 1 or names[0] not in SPEED_OBJECTIVES):
+            raise ValueError(
+                "the guided sampler needs one speed objective: tokens_per_s, samples_per_s or step_time_s "
+                "(for a list of objectives use tpe, random or grid)"
+            )
+        return names[0] if len(names) == 1 else names
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives in order; the first one ranks trials where a single best is needed."""
+        return (self.objective,) if isinstance(self.objective, str) else tuple(self.objective)
+
+    early_stop: bool | None = Field(
+        None,
+        description="Stop a trial once every step it timed (at least 2) is slower than the best trial's step "
+        "time by early_stop_margin; it is recorded COMPLETE with stopped_early. Default: on, off for grid; "
+        "only with one speed objective.",
+    )
+    early_stop_margin: PositiveFloat = Field(
+        0.25, description="How much slower than the best counts as clearly slower."
+    )
+
+    @field_validator("early_stop")
+    @classmethod
+    def _early_stop_needs_speed(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        objective = info.data.get("objective")
+        speed = isinstance(objective, str) and objective in SPEED_OBJECTIVES
+        if value and not speed:
+            raise ValueError(
+                "needs one speed objective: a slower trial can still be on a Pareto front or win on memory"
+            )
         return value
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether clearly slower trials stop early: as set, else on for every sampler but grid (ground truth)."""
+        speed = isinstance(self.objective, str) and self.objective in SPEED_OBJECTIVES
+        return speed and (self.early_stop if self.early_stop is not None else self.sampler != "grid")
 
     prune: bool = Field(True, description="Skip points the memory model predicts not to fit (recorded as PRUNED).")
     prune_margin: float | None = Field(
@@ -201,14 +263,24 @@ class Space(_Section):
         return dict(self.training.base_config or {})
 
     @property
+    def objectives(self) -> tuple[str, ...]:
+        return self.search.objectives
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        """Optuna's direction of each objective."""
+        return [OBJECTIVES[name] for name in self.objectives]
+
+    @property
     def direction(self) -> Literal["maximize", "minimize"]:
-        return OBJECTIVES[self.search.objective]
+        """The first objective's direction: it ranks trials where one best is needed."""
+        return self.directions[0]
 
 
 def _first_error(exc: ValidationError, model: type[BaseModel]) -> SpaceError:
     """Turn pydantic's report into one line naming the YAML key and what is allowed."""
     err = exc.errors()[0]
-    loc = [str(part) for part in err["loc"]]
+    loc = [str(part) for part in err["loc"] if "[" not in str(part)]  # not pydantic's union-member tags
     key = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         owner: Any = model

@@ -50,12 +50,20 @@ def measured_trials(study: optuna.Study, states: tuple[TrialState, ...] | None =
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best measured COMPLETE trial by the study's direction (earliest on ties), or None."""
+    """The best measured COMPLETE trial by the (first) objective (earliest on ties), or None.
+
+    With several objectives the best by the first one is on the Pareto front; pick others with --trial.
+    """
     complete = measured_trials(study, (TrialState.COMPLETE,))
     if not complete:
         return None
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return min(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(complete, key=lambda t: (sign * float(t.values[0]), t.number))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The measured trials no other trial beats on every objective (Optuna's best_trials), by number."""
+    return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.number)
 
 
 def measured_memory(study: optuna.Study) -> list[Measured]:

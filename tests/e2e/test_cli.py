@@ -151,6 +151,40 @@ def assert_dashboard_shows(url: str, study_name: str, trial_number: int) -> None
         proc.wait(timeout=30)
 
 
+def test_a_two_objective_search_keeps_a_pareto_front_in_the_store(tmp_path: Path, cpu_ops: None) -> None:
+    raw = {
+        **SPACE,
+        "study": "pareto",
+        "space": {"micro_batch_size": [1, 4], "zero_stage": [0, 2]},
+        "search": {"objective": ["tokens_per_s", "peak_mem_gb"], "max_trials": 3, "seed": 1},
+    }
+    done = tuner("search", str(write_space(tmp_path, raw)), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Pareto front over tokens_per_s, peak_mem_gb" in done.stdout
+
+    from tuner.store import measured_trials, pareto_front
+
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{tmp_path / 'tuner.sqlite3'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    complete = measured_trials(study, (TrialState.COMPLETE,))
+    front = pareto_front(study)
+    assert front and len(complete) <= 3
+    for t in front:
+        assert t.values == [t.user_attrs["tokens_per_s"], t.user_attrs["peak_mem_gb"]]
+        dominated_by = [
+            o.number for o in complete
+            if o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+        ]  # fmt: skip
+        assert not dominated_by, f"trial {t.number} on the front is dominated by {dominated_by}"
+
+    pick = min(front, key=lambda t: t.values[1])  # the user with a hard memory ceiling
+    out = tmp_path / "lean.json"
+    exported = tuner("export", "--study", "pareto", "--trial", str(pick.number), "--output", str(out), cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    prov = json.loads((tmp_path / "lean.provenance.json").read_text())
+    assert prov["on_pareto_front"] is True and prov["values"]["peak_mem_gb"] == pick.values[1]
+
+
 BAD_INPUTS = [
     ({"space": {"micro_batch_size": [2], "foo": 1}}, "space.foo: unknown key"),
     ({"space": {"micro_batch_size": []}}, "space.micro_batch_size"),

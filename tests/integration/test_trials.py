@@ -1,4 +1,8 @@
-"""Real DeepSpeed trials on CPU: 2 ranks over gloo, every ZeRO stage, offload, checkpointing, failures."""
+"""Real DeepSpeed trials on CPU: 2 ranks over gloo, every ZeRO stage, offload, checkpointing, failures.
+
+Every test that runs ranks asks for `cpu_ops` first: a rank killed while it JIT-compiles an op would leave
+torch's build lock behind.
+"""
 
 from __future__ import annotations
 
@@ -107,14 +111,14 @@ def test_config_deepspeed_rejects_is_invalid_config(tmp_path: Path, cpu_ops: Non
     assert "--- trial log ---" in result.log_tail
 
 
-def test_a_model_that_cannot_build_is_a_crash_with_its_reason(tmp_path: Path) -> None:
+def test_a_model_that_cannot_build_is_a_crash_with_its_reason(tmp_path: Path, cpu_ops: None) -> None:
     spec = spec_for(Point(2, 0), model_config={**TINY_GPT2, "n_embd": 66, "n_head": 4})  # 66 % 4 != 0
     result = run(spec, tmp_path)
     assert result.failure_category == "crash"
     assert "(build)" in (result.failure_reason or "")
 
 
-def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path) -> None:
+def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path, cpu_ops: None) -> None:
     start = time.monotonic()
     result = run(spec_for(Point(2, 0), measure_steps=1000), tmp_path, timeout_s=8)
     assert time.monotonic() - start < 120  # killed at the timeout, not after its 1000 steps
@@ -123,7 +127,7 @@ def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path) -
     assert not processes_of(tmp_path / "trial")
 
 
-def test_ranks_do_not_outlive_a_killed_tuner(tmp_path: Path) -> None:
+def test_ranks_do_not_outlive_a_killed_tuner(tmp_path: Path, cpu_ops: None) -> None:
     """SIGKILL the process running the trial (as Ray does to a stopped trial's actor): no rank survives."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec_for(Point(2, 0), measure_steps=1000)))
@@ -147,7 +151,7 @@ def test_ranks_do_not_outlive_a_killed_tuner(tmp_path: Path) -> None:
     assert not processes_of(tmp_path / "trial")
 
 
-def test_a_noisy_trial_measures_up_to_its_cap_and_a_given_peak_gives_mfu(tmp_path: Path) -> None:
+def test_a_noisy_trial_measures_up_to_its_cap_and_a_given_peak_gives_mfu(tmp_path: Path, cpu_ops: None) -> None:
     spec = spec_for(Point(4, 0), hardware={"peak_tflops": 0.5}, max_cv=1e-9, max_measure_steps=4)
     result = run(spec, tmp_path)
     assert result.ok, result.failure_reason
@@ -157,14 +161,23 @@ def test_a_noisy_trial_measures_up_to_its_cap_and_a_given_peak_gives_mfu(tmp_pat
     assert f["peak_tflops"] == 0.5
 
 
-def test_a_cpu_rank_over_its_memory_budget_is_oom(tmp_path: Path) -> None:
+def test_a_clearly_slower_trial_stops_after_two_steps_and_still_reports(tmp_path: Path, cpu_ops: None) -> None:
+    spec = spec_for(Point(4, 0), measure_steps=5, stop_over_step_s=1e-6)  # every step is over 1 microsecond
+    result = run(spec, tmp_path)
+    assert result.ok, result.failure_reason
+    f = result.figures
+    assert f["stopped_early"] == 1.0 and f["measured_steps"] == 2 and f["noisy"] == 0.0
+    assert f["tokens_per_s"] > 0 and f["peak_mem_gb"] > 0
+
+
+def test_a_cpu_rank_over_its_memory_budget_is_oom(tmp_path: Path, cpu_ops: None) -> None:
     result = run(spec_for(Point(2, 0), hardware={"device_memory_gb": 0.2}), tmp_path)
     assert result.failure_category == "oom"
     assert "device_memory_gb=0.2" in (result.failure_reason or "")
     assert not processes_of(tmp_path / "trial")
 
 
-def test_a_rank_killed_mid_trial_is_a_crash(tmp_path: Path) -> None:
+def test_a_rank_killed_mid_trial_is_a_crash(tmp_path: Path, cpu_ops: None) -> None:
     """SIGKILL one rank (as the kernel's OOM killer would): the trial fails as crash, nothing is left."""
     outcome: list[TrialResult] = []
     runner = threading.Thread(target=lambda: outcome.append(run(spec_for(Point(2, 0), measure_steps=1000), tmp_path)))

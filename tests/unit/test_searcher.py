@@ -38,7 +38,7 @@ RAW: dict[str, Any] = {
 }
 
 
-def make_space(sampler: str, **search: Any) -> Space:
+def make_space(sampler: str = "grid", **search: Any) -> Space:
     raw = json.loads(json.dumps(RAW))
     raw["search"] = {"sampler": sampler, **search}
     return parse_space(raw, default_study="unit")
@@ -263,3 +263,33 @@ def test_guided_needs_a_speed_objective() -> None:
 
     with pytest.raises(SpaceError, match=r"search\.objective"):
         make_space("guided", objective="peak_mem_gb")
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ({"sampler": "random"}, 1.25),
+        ({"sampler": "guided", "early_stop_margin": 0.5}, 1.5),
+        ({"sampler": "grid"}, None),  # the ground truth measures every point fully
+        ({"sampler": "grid", "early_stop": True}, 1.25),
+        ({"sampler": "random", "early_stop": False}, None),
+        ({"sampler": "tpe", "objective": ["tokens_per_s", "peak_mem_gb"]}, None),  # slower can be on the front
+    ],
+)
+def test_a_trial_is_told_the_step_time_past_which_it_is_clearly_slower(
+    search: dict[str, Any], expected: float | None
+) -> None:
+    space = make_space(**search)
+    study = optuna.create_study(directions=space.directions)
+    valid = enumerate_points(space).valid
+    configs = {p: {} for p in valid}
+    searcher = StudySearcher(study, space, valid, configs, 3, lambda *_: None)
+    first = searcher.suggest("t0")
+    assert isinstance(first, dict) and first["stop_over_step_s"] is None  # nothing measured yet
+    result = fake_result(Point.from_params(first["point"]))  # a step of 1.0 s
+    searcher.on_trial_complete("t0", {RESULT_KEY: json.dumps(dataclasses.asdict(result))})
+    second = searcher.suggest("t1")
+    assert isinstance(second, dict)
+    assert second["stop_over_step_s"] == (pytest.approx(expected) if expected else None)
+    trial = study.trials[second["trial_number"]]
+    assert trial.user_attrs.get("early_stop_over_step_s") == second["stop_over_step_s"]

@@ -52,7 +52,7 @@ def test_defaults(write_yaml: Writer, space_doc: Doc) -> None:
     space = load_space(write_yaml(space_doc(), name="my-study.yaml"))
     assert space.study == "my-study"
     assert space.storage is None
-    assert space.search.sampler == "grid"
+    assert space.search.sampler == "guided"
     assert space.search.objective == "tokens_per_s"
     assert space.direction == "maximize"
     assert space.search.max_trials is None
@@ -65,6 +65,47 @@ def test_defaults(write_yaml: Writer, space_doc: Doc) -> None:
     assert space.space.offload_optimizer == ["none"]
     assert space.space.offload_param == ["none"]
     assert space.space.activation_checkpointing == [False]
+
+
+def test_a_list_of_objectives_is_a_pareto_search_with_tpe_by_default(write_yaml: Writer, space_doc: Doc) -> None:
+    space = load_space(write_yaml(space_doc(search={"objective": ["tokens_per_s", "peak_mem_gb"]})))
+    assert space.objectives == ("tokens_per_s", "peak_mem_gb")
+    assert space.directions == ["maximize", "minimize"]
+    assert space.direction == "maximize"
+    assert space.search.sampler == "tpe"
+    one = load_space(write_yaml(space_doc(search={"objective": ["step_time_s"]})))
+    assert one.search.objective == "step_time_s" and one.search.sampler == "guided" and one.direction == "minimize"
+    memory = load_space(write_yaml(space_doc(search={"objective": "peak_mem_gb"})))
+    assert memory.search.sampler == "tpe"
+
+
+@pytest.mark.parametrize(
+    ("search", "needle"),
+    [
+        ({"objective": []}, "at least one objective"),
+        ({"objective": ["tokens_per_s", "tokens_per_s"]}, "listed twice"),
+        ({"objective": ["tokens_per_s", "loss"]}, "'peak_mem_gb'"),
+        ({"sampler": "guided", "objective": ["tokens_per_s", "peak_mem_gb"]}, "one speed objective"),
+    ],
+)
+def test_bad_objective_lists_name_the_key(
+    write_yaml: Writer, space_doc: Doc, search: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(SpaceError) as caught:
+        load_space(write_yaml(space_doc(search=search)))
+    assert str(caught.value).startswith("search.objective: ") and needle in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_early_stopping_is_on_but_for_grid_and_needs_one_speed_objective(write_yaml: Writer, space_doc: Doc) -> None:
+    assert load_space(write_yaml(space_doc())).search.stops_early
+    assert not load_space(write_yaml(space_doc(search={"sampler": "grid"}))).search.stops_early
+    assert load_space(write_yaml(space_doc(search={"sampler": "grid", "early_stop": True}))).search.stops_early
+    assert not load_space(write_yaml(space_doc(search={"objective": "peak_mem_gb"}))).search.stops_early
+    with pytest.raises(SpaceError, match=r"^search\.early_stop: needs one speed objective"):
+        load_space(write_yaml(space_doc(search={"objective": ["tokens_per_s", "peak_mem_gb"], "early_stop": True})))
+    with pytest.raises(SpaceError, match=r"^search\.early_stop_margin"):
+        load_space(write_yaml(space_doc(search={"early_stop_margin": 0})))
 
 
 def test_parse_space_default_study_and_explicit_study(space_doc: Doc) -> None:

@@ -22,6 +22,8 @@ from tuner.trial import failures
 
 _EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _CATEGORY_PRIORITY = (failures.OOM, failures.INVALID_CONFIG, failures.CRASH)
+STALE_LOCK_S = 900.0  # compiling cpu_adam takes about 2 minutes on 2 busy cores; a lock this old is orphaned
+PREBUILD_TIMEOUT_S = 1800.0
 
 
 def worker_command(spec_path: Path, ranks: int) -> list[str]:
@@ -173,14 +175,34 @@ def run_trial(
     return TrialResult.failed(category, reason, str(log_path), tail, duration)
 
 
+def _extensions_root() -> Path:
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+
+
+def _clear_stale_locks(name: str, now: float, stale_after_s: float = STALE_LOCK_S) -> list[Path]:
+    """Remove build locks of op `name` older than any real build; returns the ones removed.
+
+    torch's JIT build holds a lock file while it compiles; a process killed mid-build (a stopped search,
+    a killed rank) leaves it behind, and every later build then waits for it forever.
+    """
+    removed = []
+    for lock in _extensions_root().glob(f"*/{name}/lock"):
+        try:
+            if now - lock.stat().st_mtime > stale_after_s:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:
+            continue  # its build just finished
+    return removed
+
+
 def _op_cached(name: str) -> bool:
     """Whether torch's JIT cache holds op `name` built from this DeepSpeed installation's sources."""
     found = importlib.util.find_spec("deepspeed")
     if found is None or found.origin is None:
         return False
     sources = str(Path(found.origin).parent)
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    for folder in root.glob(f"*/{name}"):
+    for folder in _extensions_root().glob(f"*/{name}"):
         ninja = folder / "build.ninja"
         if (folder / f"{name}.so").is_file() and ninja.is_file() and sources in ninja.read_text(errors="replace"):
             return True
@@ -192,22 +214,32 @@ def prebuild_ops(accelerator: str, need_cpu_adam: bool, log_path: Path) -> str |
 
     Returns None on success, or a one-line reason (the trials that need the op will then fail and say so).
     """
-    code = []
+    code, names = [], []
     if accelerator == "cpu" and not _op_cached("deepspeed_shm_comm"):
+        names.append("deepspeed_shm_comm")
         code.append("from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()")
     if need_cpu_adam and not _op_cached("cpu_adam"):
+        names.append("cpu_adam")
         code.append("from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()")
     if not code:
         return None  # built before, from this DeepSpeed installation: skip the import (seconds)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with log_path.open("wb") as log:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-c", "\n".join(code)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=worker_env(accelerator, 1),
-            check=False,
         )
-    if done.returncode != 0:
-        return f"building DeepSpeed ops failed ({failures.describe_exit(done.returncode)}); see {log_path}"
+        while proc.poll() is None:  # a build waiting on a dead process's lock is freed once that lock is stale
+            for name in names:
+                _clear_stale_locks(name, time.time())
+            if time.monotonic() - started > PREBUILD_TIMEOUT_S:
+                proc.kill()
+                proc.wait()
+                return f"building DeepSpeed ops took over {PREBUILD_TIMEOUT_S:.0f} s; see {log_path}"
+            time.sleep(1.0)
+    if proc.returncode != 0:
+        return f"building DeepSpeed ops failed ({failures.describe_exit(proc.returncode)}); see {log_path}"
     return None

@@ -23,6 +23,8 @@ from tuner.result import GB, spread
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
 
+EARLY_STOP_MIN_STEPS = 2  # one timed step can be an outlier; two that are both over the limit are not
+
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically so the launcher never reads half a file."""
@@ -70,6 +72,15 @@ def steady_state_done(times: list[float], target: int, cap: int, max_cv: float) 
     if len(times) < target:
         return False
     return len(times) >= cap or spread(times) <= max_cv
+
+
+def clearly_slower(times: list[float], limit_s: float | None, min_steps: int = EARLY_STOP_MIN_STEPS) -> bool:
+    """Early stopping: after `min_steps` timed steps, even the fastest one took longer than `limit_s`.
+
+    The fastest step is the trial's most optimistic figure: a trial stops only when every step it timed
+    was over the limit, not because one step was slow.
+    """
+    return limit_s is not None and len(times) >= min_steps and min(times) > limit_s
 
 
 def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
@@ -152,12 +163,16 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     loss_value = float("nan")
     target = spec["measure_steps"]
     cap = max(target, spec.get("max_measure_steps") or target)
+    stopped_early = False
     while not steady_state_done(times, target, cap, spec.get("max_cv", 1.0)):
         elapsed, loss_value = optimizer_step()
         # The slowest rank sets the pace; every rank gets the same list, so all decide alike when to stop.
         slowest = torch.tensor([elapsed], dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         times.append(slowest.item())
+        if clearly_slower(times, spec.get("stop_over_step_s")):
+            stopped_early = True
+            break
     clock["measured"] = time.time()
 
     rss = float(_peak_rss_bytes())
@@ -178,6 +193,7 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
                 "device": "cuda" if on_gpu else "cpu",
                 "device_name": torch.cuda.get_device_name(device) if on_gpu else "cpu",
                 "step_times_s": times,
+                "stopped_early": stopped_early,
                 "peak_mem_bytes": mem_t[0].item(),
                 "peak_reserved_bytes": mem_t[1].item(),
                 "host_mem_bytes": mem_t[2].item(),
