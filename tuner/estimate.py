@@ -31,7 +31,7 @@ Sources, so each term can be checked:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuner.flops import flops_per_token
@@ -286,8 +286,23 @@ def host_bytes(shape: ModelShape, point: Point, setup: Setup, offloaded_per_rank
     return max(load, offloaded_per_rank * setup.per_node) * HOST_BUFFER_FACTOR
 
 
+def _with_point_buckets(setup: Setup, point: Point) -> Setup:
+    """The setup with the point's own communication knobs (tuner.comm) in place of the base config's."""
+    comm = dict(point.comm)
+    changes: dict[str, Any] = {}
+    for knob, field_name in (
+        ("reduce_bucket_size", "reduce_bucket_size"),
+        ("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
+        ("overlap_comm", "overlap_comm"),
+    ):
+        if knob in comm:
+            changes[field_name] = comm[knob]
+    return replace(setup, buckets=replace(setup.buckets, **changes)) if changes else setup
+
+
 def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
     """The predicted peak for one point. On CPU the device is host memory: offloaded states stay in the rank."""
+    setup = _with_point_buckets(setup, point)
     states = model_states(shape.num_parameters, shape.largest_layer_parameters, point, setup)
     act = setup.param_bytes  # activations in the training precision (DeepSpeed casts the model)
     parts = {"runtime": 0.0, **states.device}

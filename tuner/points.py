@@ -13,6 +13,8 @@ from typing import Any
 
 from tuner.space import Space
 
+COMM_PREFIX = "comm_"
+
 
 @dataclass(frozen=True, order=True)
 class Point:
@@ -23,16 +25,21 @@ class Point:
     offload_optimizer: str = "none"
     offload_param: str = "none"
     activation_checkpointing: bool = False
+    comm: tuple[tuple[str, Any], ...] = ()  # ZeRO communication knobs, sorted; () is DeepSpeed's defaults
 
     def params(self) -> dict[str, Any]:
-        """The point as Optuna params (and YAML-style keys)."""
-        return asdict(self)
+        """The point as Optuna params (and YAML-style keys); communication knobs as `comm_<knob>`."""
+        params = asdict(self)
+        params.pop("comm")
+        params.update({f"{COMM_PREFIX}{knob}": value for knob, value in self.comm})
+        return params
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Point:
         """Rebuild a point from a trial's params; knobs a trial did not suggest take their defaults."""
-        known = {key: params[key] for key in cls.__dataclass_fields__ if key in params}
-        return cls(**known)
+        known = {key: params[key] for key in cls.__dataclass_fields__ if key in params and key != "comm"}
+        comm = sorted((k.removeprefix(COMM_PREFIX), v) for k, v in params.items() if k.startswith(COMM_PREFIX))
+        return cls(**known, comm=tuple(comm))
 
     def label(self) -> str:
         """A short human name: `mb4 z3 opt=cpu param=cpu ckpt`."""
@@ -43,6 +50,7 @@ class Point:
             parts.append(f"param={self.offload_param}")
         if self.activation_checkpointing:
             parts.append("ckpt")
+        parts.extend(f"{knob}={str(value).lower() if isinstance(value, bool) else value}" for knob, value in self.comm)
         return " ".join(parts)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from tuner.comm import comm_budget
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
@@ -181,7 +182,8 @@ def run_search(
     memory = memory_planner(space, accelerator, prune)
     searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
     remaining = searcher.remaining()
-    searcher.budget = min(space.search.max_trials or len(remaining), len(remaining))
+    most = len(remaining) + comm_budget(space.space.comm_lists())  # every point, then every knob value once
+    searcher.budget = min(space.search.max_trials or most, most)
     measured = measured_memory(study)
     unfit = [p for p in remaining if memory.judge(p, measured).fits is False]
     on_event(

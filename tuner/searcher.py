@@ -18,15 +18,17 @@ import json
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import optuna
 from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
+from tuner import comm as comm_knobs
 from tuner import guided
 from tuner.plan import MemoryPlanner, Planned
-from tuner.points import Point
+from tuner.points import COMM_PREFIX, Point
 from tuner.result import TrialResult
 from tuner.space import Space
 from tuner.store import measured_memory, measured_trials
@@ -36,10 +38,14 @@ RESULT_KEY = "tuner_result"
 INTERRUPTED = "interrupted"
 _TPE_TRIES = 20
 _STOP = "stop"  # the guided sampler's verdict: nothing left can plausibly beat the best
+_WAIT = "wait"  # the communication phase waits for the trials in flight
 
 
-def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point:
-    """Define-by-run suggestion of a valid point; knobs a stage cannot use are not suggested."""
+def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...], comm_knobs: tuple[str, ...] = ()) -> Point:
+    """Define-by-run suggestion of a valid point; knobs a stage cannot use are not suggested.
+
+    `comm_knobs` are the communication knobs a second-phase trial sets (tuner.comm), suggested last.
+    """
     s = space.space
     micro = trial.suggest_categorical("micro_batch_size", sorted({p.micro_batch_size for p in valid}))
     stage = trial.suggest_categorical("zero_stage", sorted({p.zero_stage for p in valid}))
@@ -53,7 +59,9 @@ def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...]) -> Point
     offload_optimizer = knob("offload_optimizer", list(s.offload_optimizer))
     offload_param = knob("offload_param", list(s.offload_param))
     checkpointing = knob("activation_checkpointing", list(s.activation_checkpointing))
-    return Point(int(micro), int(stage), offload_optimizer, offload_param, bool(checkpointing))
+    lists = s.comm_lists()
+    comm = tuple(sorted((name, trial.suggest_categorical(COMM_PREFIX + name, lists[name])) for name in comm_knobs))
+    return Point(int(micro), int(stage), offload_optimizer, offload_param, bool(checkpointing), comm)
 
 
 def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial]:
@@ -122,20 +130,25 @@ class StudySearcher(Searcher):
         return planned, planned.attrs()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED, a str
+        """The next trial's config; None asks Tune to come back (the main knobs are still settling)."""
         while True:
+            if self.launched >= self.budget:
+                return Searcher.FINISHED  # type: ignore[return-value]
             remaining = self.remaining()
-            if self.launched >= self.budget or not remaining:
-                return Searcher.FINISHED  # type: ignore[return-value]
-            picked = self._next(remaining)
-            if isinstance(picked, str):  # _STOP
-                return Searcher.FINISHED  # type: ignore[return-value]
+            picked = self._next(remaining) if remaining else _STOP
+            if isinstance(picked, str):  # _STOP: the main knobs are settled; then the communication knobs
+                picked = self._next_comm()
+                if picked == _WAIT:
+                    return None
+                if isinstance(picked, str):
+                    return Searcher.FINISHED  # type: ignore[return-value]
             if picked is None:
                 continue  # the point was pruned; pick again
             trial, point, attrs = picked
             break
         self.in_flight[trial_id] = (trial, point)
         self.launched += 1
-        ds_config = self.ds_configs[point]
+        ds_config = comm_knobs.apply_comm(self.ds_configs[replace(point, comm=())], point)
         trial.set_user_attr("point", point.label())
         trial.set_user_attr("ds_config", ds_config)
         limit = self.early_stop_limit()
@@ -182,13 +195,37 @@ class StudySearcher(Searcher):
         choice = remaining[0] if self.space.search.sampler == "grid" else self.rng.choice(remaining)
         return self._launch(choice, self.judge(choice))
 
+    def _signed_value(self, trial: optuna.trial.FrozenTrial) -> float | None:
+        """The trial's (first) objective with higher better, or None when it did not complete."""
+        sign = 1.0 if self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        return sign * trial.values[0] if trial.state == TrialState.COMPLETE and trial.values else None
+
+    def _next_comm(self) -> tuple[Trial, Point, dict[str, Any]] | str | None:
+        """The next communication-knob trial at the best main point, _WAIT while trials run, or _STOP."""
+        lists = self.space.space.comm_lists()
+        if not lists:
+            return _STOP
+        if self.in_flight:
+            return _WAIT  # the best main point, and each knob's best value, must be known first
+        main = [(v, p) for p, t in self.done.items() if not p.comm and (v := self._signed_value(t)) is not None]
+        if not main:
+            return _STOP
+        best = max(main, key=lambda vp: vp[0])[1]
+        measured: dict[Point, float | None] = {p: self._signed_value(t) for p, t in self.done.items()}
+        measured.update({p: None for p in self.skipped | self.pruned_before if p.comm})
+        choice = comm_knobs.next_comm_point(best, lists, measured)
+        if choice is None:
+            return _STOP
+        return self._launch(choice, self.judge(choice))
+
     def _guided_choice(self, remaining: list[Point]) -> Point | None:
         """Guided's next point from the measured trials; points in flight count as measured, without a value."""
-        sign = 1.0 if self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
         outcomes: dict[Point, guided.Outcome] = {}
         for point, t in self.done.items():
-            value = sign * t.value if t.state == TrialState.COMPLETE and t.value is not None else None
-            outcomes[point] = guided.Outcome(value, oom=t.user_attrs.get("failure_category") == failures.OOM)
+            if point.comm:
+                continue  # a communication variant: not a point of the main space
+            oom = t.user_attrs.get("failure_category") == failures.OOM
+            outcomes[point] = guided.Outcome(self._signed_value(t), oom=oom)
         for _, point in self.in_flight.values():
             outcomes.setdefault(point, guided.Outcome(None))
         # A point the memory model rules out is recorded PRUNED when chosen (see _admit) and leaves `remaining`,
@@ -205,7 +242,7 @@ class StudySearcher(Searcher):
             return None
         self.study.enqueue_trial(choice.params())
         trial = self.study.ask()
-        point = suggest_point(trial, self.space, self.valid)
+        point = suggest_point(trial, self.space, self.valid, tuple(knob for knob, _ in choice.comm))
         assert point == choice, f"enqueued {choice} but the trial suggested {point}"
         return self._admit(trial, point, judged)
 

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -94,31 +95,57 @@ class HardwareSection(_Section):
     )
 
 
+COMM_KNOB_NAMES = (
+    "overlap_comm",
+    "contiguous_gradients",
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+)
+_BOOL_KNOBS = ("activation_checkpointing", "overlap_comm", "contiguous_gradients")
+_TEXT_KNOBS = ("offload_optimizer", "offload_param")
+
+
 class SpaceSection(_Section):
     micro_batch_size: list[PositiveInt]
     zero_stage: list[Literal[0, 1, 2, 3]] = [0, 1, 2, 3]
     offload_optimizer: list[Literal["none", "cpu"]] = ["none"]
     offload_param: list[Literal["none", "cpu"]] = ["none"]
     activation_checkpointing: list[bool] = [False]
+    # Opt-in ZeRO communication knobs, searched at the best main point once the knobs above settle
+    # (tuner.comm); unset means DeepSpeed's default (or the base config's value).
+    overlap_comm: list[bool] | None = None
+    contiguous_gradients: list[bool] | None = None
+    reduce_bucket_size: list[PositiveInt] | None = None
+    allgather_bucket_size: list[PositiveInt] | None = None
+    stage3_prefetch_bucket_size: list[PositiveInt] | None = None
+    stage3_param_persistence_threshold: list[NonNegativeInt] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
     def _lists(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name in COMM_KNOB_NAMES:
+            return None
         value = _as_list(value)
         is_bool = [isinstance(item, bool) for item in value]
-        if info.field_name == "activation_checkpointing" and not all(is_bool):
+        if info.field_name in _BOOL_KNOBS and not all(is_bool):
             raise ValueError("must be true or false (or a list of them)")
-        if info.field_name in ("micro_batch_size", "zero_stage") and any(is_bool):
+        if info.field_name not in _BOOL_KNOBS and info.field_name not in _TEXT_KNOBS and any(is_bool):
             raise ValueError("must be integers, not true/false")
         return value
 
     @field_validator("*", mode="after")
     @classmethod
-    def _unique(cls, value: list[Any]) -> list[Any]:
-        for index, item in enumerate(value):
-            if item in value[:index]:
+    def _unique(cls, value: list[Any] | None) -> list[Any] | None:
+        for index, item in enumerate(value or []):
+            if item in value[:index]:  # type: ignore[index]
                 raise ValueError(f"value {item!r} is listed twice")
         return value
+
+    def comm_lists(self) -> dict[str, list[Any]]:
+        """The communication knobs the space lists, by name."""
+        return {name: list(values) for name in COMM_KNOB_NAMES if (values := getattr(self, name)) is not None}
 
 
 ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"]

@@ -161,6 +161,32 @@ def test_a_noisy_trial_measures_up_to_its_cap_and_a_given_peak_gives_mfu(tmp_pat
     assert f["peak_tflops"] == 0.5
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"overlap_comm": False, "contiguous_gradients": False, "reduce_bucket_size": 1_000_000},
+        {"stage3_prefetch_bucket_size": 1_000_000, "stage3_param_persistence_threshold": 0},
+    ],
+    ids=["stage2", "stage3"],
+)
+def test_communication_knobs_reach_deepspeed(knobs: dict[str, Any], tmp_path: Path, cpu_ops: None) -> None:
+    from tuner.comm import apply_comm, with_knob
+    from tuner.export import check_with_deepspeed
+
+    point = Point(2, 3 if "stage3_prefetch_bucket_size" in knobs else 2)
+    for knob, value in knobs.items():
+        point = with_knob(point, knob, value)
+    spec = spec_for(point)
+    spec["ds_config"] = apply_comm(spec["ds_config"], point)
+    assert spec["ds_config"]["zero_optimization"].items() >= knobs.items()
+    result = run(spec, tmp_path)
+    assert result.ok, f"{result.failure_category}: {result.failure_reason}"
+    # DeepSpeed's ZeRO section forbids unknown keys, so acceptance means it read these names.
+    misspelled = apply_comm(spec["ds_config"], with_knob(point, "overlap_com", False))
+    with pytest.raises(Exception, match="overlap_com"):
+        check_with_deepspeed(misspelled, RANKS)
+
+
 def test_a_clearly_slower_trial_stops_after_two_steps_and_still_reports(tmp_path: Path, cpu_ops: None) -> None:
     spec = spec_for(Point(4, 0), measure_steps=5, stop_over_step_s=1e-6)  # every step is over 1 microsecond
     result = run(spec, tmp_path)
