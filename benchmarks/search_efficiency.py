@@ -68,6 +68,34 @@ def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, An
     }
 
 
+def noise_lines(runs: list[dict[str, Any]], truth: dict[str, float]) -> list[str]:
+    """Run-to-run spread of the points several runs measured: how far one measurement can be trusted."""
+    seen: dict[str, list[float]] = {}
+    for r in runs:
+        for point, value in r["points"].items():
+            if value is not None:
+                seen.setdefault(point, []).append(value)
+    repeated = {p: v for p, v in seen.items() if len(v) > 1}
+    if not repeated:
+        return []
+    spreads = sorted((max(v) - min(v)) / min(v) for v in repeated.values())
+    lines = [
+        f"Run-to-run noise: {len(repeated)} points were measured by more than one run; the spread (max - min) / min "
+        f"of the same point's throughput has median {spreads[len(spreads) // 2]:.1%} and maximum {spreads[-1]:.1%}. "
+        "The grid's six best points, every measurement of each:",
+        "",
+        "| point | grid | runs | min | max | spread |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for point in sorted(truth, key=lambda p: -truth[p])[:6]:
+        v = seen[point]
+        low, high = min(v), max(v)
+        lines.append(
+            f"| {point} | {truth[point]:,.0f} | {len(v)} | {low:,.0f} | {high:,.0f} | {(high - low) / low:.1%} |"
+        )
+    return lines
+
+
 def report(runs: list[dict[str, Any]], space: Path) -> str:
     import deepspeed
     import ray
@@ -98,7 +126,7 @@ def report(runs: list[dict[str, Any]], space: Path) -> str:
             f"| {r['name']} | {r['launched']} | {r['launched'] / grid['launched']:.0%} | {r['failed']} ({r['oom']}) "
             f"| {r['pruned']} | {r['best_point']} | {by_grid} | {own} | {r['wall_s']:.0f} |"
         )
-    lines += ["", "Grid: every point's throughput (tokens/s; - for out of memory):", ""]
+    lines += ["", *noise_lines(runs, truth), "", "Grid: every point's throughput (tokens/s; - for out of memory):", ""]
     for point, value in sorted(grid["points"].items(), key=lambda kv: -(kv[1] or 0)):
         lines.append(f"- {point}: {'-' if value is None else f'{value:,.0f}'}")
     return "\n".join(lines) + "\n"
@@ -109,8 +137,12 @@ def main() -> None:
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--budget-share", type=float, default=0.25)
+    parser.add_argument("--from-json", type=Path, help="rewrite the report from an earlier run's JSON; run nothing")
     args = parser.parse_args()
     space = args.space.resolve()
+    if args.from_json:
+        args.from_json.with_suffix(".md").write_text(report(json.loads(args.from_json.read_text()), space))
+        return
     with tempfile.TemporaryDirectory(prefix="tuner-efficiency-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
         runs = [run_search(space, Path(tmp), url, "grid", {"sampler": "grid"}, no_prune=True)]
