@@ -208,6 +208,11 @@ def run_search(
 
     ranks = space.hardware.gpus_per_trial
     resources: dict[str, float] = {"cpu": 1, "gpu": ranks} if accelerator == "cuda" else {"cpu": ranks}
+    if accelerator == "cpu" and not address:
+        # Each rank's threads are sized to share this machine's cores (worker_env), so a CPU trial holds all of
+        # them: two one-rank trials at once on 2 cores measured mb32 z0 at 933 tokens/s; alone, DeepSpeed's
+        # autotuner measured it at 6,223.
+        resources = {"cpu": max(os.cpu_count() or 1, ranks)}
     if not ray.is_initialized():
         init_kwargs: dict[str, Any] = {
             "include_dashboard": False,
