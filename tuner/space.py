@@ -138,8 +138,9 @@ class SpaceSection(_Section):
     @field_validator("*", mode="after")
     @classmethod
     def _unique(cls, value: list[Any] | None) -> list[Any] | None:
-        for index, item in enumerate(value or []):
-            if item in value[:index]:  # type: ignore[index]
+        items = value or []
+        for index, item in enumerate(items):
+            if item in items[:index]:
                 raise ValueError(f"value {item!r} is listed twice")
         return value
 
