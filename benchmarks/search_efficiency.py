@@ -2,13 +2,18 @@
 
     python benchmarks/search_efficiency.py [--space benchmarks/spaces/search-efficiency-cpu.yaml]
                                            [--seeds 2] [--budget-share 0.25]
+                                           [--reuse EARLIER.json --rerun guided] [--name search-efficiency-cpu]
 
 The grid runs every valid point with --no-prune, so every point's throughput (or its out-of-memory
 failure) is measured once: that is the ground truth. random and tpe get `budget-share` of the grid's
 launches as search.max_trials; guided stops by its own rule. For each run: the best point it found, its
 throughput as the grid measured it divided by the grid's best (no run-to-run noise in the ratio), its own
 measurement, trials launched, failed (out of memory) and pruned, and wall time of the whole `tuner search`.
-Writes benchmarks/results/<date>-search-efficiency-<device>.md (and the raw runs as JSON).
+Guided's best is ranked as `tuner export` ranks it: by the mean over its re-measurements.
+`--reuse` takes the grid and the samplers not named in `--rerun` from an earlier run's JSON (same space,
+machine and runner), so a change to one sampler is measured without re-running the 22-minute grid; the
+report names the file the reused runs came from.
+Writes benchmarks/results/<date>-<name>.md (and the raw runs as JSON).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 import optuna
 import yaml
 from optuna.trial import TrialState
+
+from tuner.store import best_trial, repeat_means
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "benchmarks" / "spaces" / "search-efficiency-cpu.yaml"
@@ -49,8 +56,8 @@ def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, An
     study = optuna.load_study(study_name=name, storage=url)
     trials = [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
     launched = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: float(t.value or 0.0)) if complete else None
+    best = best_trial(study)
+    mean = repeat_means(study).get(best.number) if best else None
     print(f"{name}: exit {done.returncode}, {len(launched)} launched, {wall:.0f} s", flush=True)
     return {
         "name": name,
@@ -62,8 +69,13 @@ def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, An
         "oom": sum(t.user_attrs.get("failure_category") == "oom" for t in launched),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "best_point": best.user_attrs["point"] if best else None,
-        "best_value": float(best.value) if best and best.value is not None else None,
-        "points": {t.user_attrs["point"]: (float(t.value) if t.value is not None else None) for t in launched},
+        "best_value": (mean[0] if mean else float(best.value)) if best and best.value is not None else None,
+        "repeats": sum("repeat_of" in t.user_attrs for t in launched),
+        "points": {
+            t.user_attrs["point"]: (float(t.value) if t.value is not None else None)
+            for t in launched
+            if "repeat_of" not in t.user_attrs
+        },
         "stdout_tail": done.stdout[-1500:],
     }
 
@@ -114,17 +126,21 @@ def report(runs: list[dict[str, Any]], space: Path) -> str:
         "`python benchmarks/search_efficiency.py`.",
         f"Grid best: {grid['best_point']} at {grid_best:,.0f} tokens/s.",
         "",
-        "| run | launched | share of grid | failed (oom) | pruned | best point | grid's value / grid best "
-        "| own value / grid best | wall s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| run | launched | share of grid | failed (oom) | pruned | re-measured | best point "
+        "| grid's value / grid best | own value / grid best | wall s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
+    reused = sorted({r["reused_from"] for r in runs if r.get("reused_from")})
+    if reused:
+        names = ", ".join(r["name"] for r in runs if r.get("reused_from"))
+        lines[-3:-3] = [f"Reused from {', '.join(reused)} (same space, machine and runner): {names}.", ""]
     for r in runs:
         found = truth.get(r["best_point"]) if r["best_point"] else None
         by_grid = f"{found / grid_best:.1%}" if found else "-"
         own = f"{r['best_value'] / grid_best:.1%}" if r["best_value"] else "-"
         lines.append(
             f"| {r['name']} | {r['launched']} | {r['launched'] / grid['launched']:.0%} | {r['failed']} ({r['oom']}) "
-            f"| {r['pruned']} | {r['best_point']} | {by_grid} | {own} | {r['wall_s']:.0f} |"
+            f"| {r['pruned']} | {r.get('repeats', 0)} | {r['best_point']} | {by_grid} | {own} | {r['wall_s']:.0f} |"
         )
     lines += ["", *noise_lines(runs, truth), "", "Grid: every point's throughput (tokens/s; - for out of memory):", ""]
     for point, value in sorted(grid["points"].items(), key=lambda kv: -(kv[1] or 0)):
@@ -138,21 +154,38 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--budget-share", type=float, default=0.25)
     parser.add_argument("--from-json", type=Path, help="rewrite the report from an earlier run's JSON; run nothing")
+    parser.add_argument("--reuse", type=Path, help="take the grid and the samplers not in --rerun from this JSON")
+    parser.add_argument("--rerun", default="guided", help="with --reuse: the samplers to run again, e.g. guided,tpe")
+    parser.add_argument("--name", default="search-efficiency-cpu", help="result file name after the date")
     args = parser.parse_args()
     space = args.space.resolve()
     if args.from_json:
         args.from_json.with_suffix(".md").write_text(report(json.loads(args.from_json.read_text()), space))
         return
+    rerun = set(args.rerun.split(",")) if args.reuse else {"grid", "guided", "random", "tpe"}
+    earlier = {r["name"]: r for r in json.loads(args.reuse.read_text())} if args.reuse else {}
+    for r in earlier.values():
+        r["reused_from"] = args.reuse.name
     with tempfile.TemporaryDirectory(prefix="tuner-efficiency-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
-        runs = [run_search(space, Path(tmp), url, "grid", {"sampler": "grid"}, no_prune=True)]
+        runs = [
+            earlier["grid"]
+            if "grid" not in rerun
+            else run_search(space, Path(tmp), url, "grid", {"sampler": "grid"}, no_prune=True)
+        ]
         budget = max(1, round(runs[0]["launched"] * args.budget_share))
         for seed in range(args.seeds):
-            runs.append(run_search(space, Path(tmp), url, f"guided-{seed}", {"sampler": "guided", "seed": seed}, False))
-            for sampler in ("random", "tpe"):
-                search = {"sampler": sampler, "seed": seed, "max_trials": budget}
-                runs.append(run_search(space, Path(tmp), url, f"{sampler}-{seed}", search, False))
-    out = REPO / "benchmarks" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-search-efficiency-cpu.md"
+            for sampler in ("guided", "random", "tpe"):
+                name = f"{sampler}-{seed}"
+                if sampler not in rerun:
+                    if name in earlier:
+                        runs.append(earlier[name])
+                    continue
+                search: dict[str, Any] = {"sampler": sampler, "seed": seed}
+                if sampler != "guided":
+                    search["max_trials"] = budget
+                runs.append(run_search(space, Path(tmp), url, name, search, False))
+    out = REPO / "benchmarks" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-{args.name}.md"
     out.write_text(report(runs, space))
     out.with_suffix(".json").write_text(json.dumps(runs, indent=2))
     print(out.read_text())

@@ -226,7 +226,7 @@ def search(
     failed = _failure_lines(searched.study)
     if failed:
         out.print("failures:\n" + "\n".join(failed), markup=False)
-    from tuner.store import best_trial
+    from tuner.store import best_trial, repeat_means
 
     best = best_trial(searched.study)
     if searched.interrupted:
@@ -235,11 +235,11 @@ def search(
     if best is None:
         err.print("error: no trial completed; see the failures above and the logs under " + str(run_dir))
         raise typer.Exit(1)
+    mean = repeat_means(searched.study).get(best.number)
+    value = f"{best.values[0]:,.4g}" if mean is None else f"{mean[0]:,.4g} (mean of {mean[1]} measurements)"
     out.print(
         f"best: trial {best.number} {best.user_attrs.get('point')} "
-        f"{space.objectives[0]}={best.values[0]:,.4g}"
-        + (" (by the first objective)" if len(space.objectives) > 1 else "")
-        + "\n"
+        f"{space.objectives[0]}={value}" + (" (by the first objective)" if len(space.objectives) > 1 else "") + "\n"
         f"export it: tuner export --study {space.study} --storage {redact(space.storage)} --output ds_config.json",
         markup=False,
     )

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.errors import SpaceError
-from tuner.store import best_trial, pareto_front, redact
+from tuner.store import best_trial, original_number, pareto_front, redact, repeat_means
 from tuner.trial.failures import one_line
 
 FIGURE_KEYS = (
@@ -77,6 +77,12 @@ def _objective_names(study: optuna.Study) -> list[str]:
     return [str(name) for name in names]
 
 
+def _remeasured(study: optuna.Study, trial: FrozenTrial) -> dict[str, float] | None:
+    """The mean and count of the point's measurements when guided measured it more than once."""
+    mean = repeat_means(study).get(original_number(trial))
+    return None if mean is None else {"mean_value": mean[0], "measurements": mean[1]}
+
+
 def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
     """Where the exported config came from: enough to trace it back and to judge it."""
     space = study.user_attrs.get("space", {})
@@ -89,6 +95,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         "point": trial.params,
         "objective": study.user_attrs.get("objective"),
         "value": trial.values[0],
+        "remeasured": _remeasured(study, trial),
         "values": dict(zip(_objective_names(study), trial.values, strict=False)),
         "on_pareto_front": trial.number in {t.number for t in pareto_front(study)},
         "figures": {k: trial.user_attrs[k] for k in FIGURE_KEYS if k in trial.user_attrs},

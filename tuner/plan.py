@@ -1,18 +1,19 @@
 """`tuner plan` and the search's pruning (pure): which points fit the memory budget, and why not.
 
 A point is predicted not to fit when its calibrated peak exceeds the budget by more than the margin
-(the model's error allowance), or its offloaded states exceed the host budget. A point is never pruned
-when a completed trial at least as memory-hungry (the same offload, at least its micro-batch size, no
-more ZeRO partitioning, no more checkpointing) fitted the budget: measurements overrule the model.
+(the model's error allowance), or its offloaded states exceed the host budget. Measured trials overrule
+the model (tuner.evidence): a point is never pruned when a trial that needs at least as much fitted, and
+is pruned, with no margin, when a trial it needs at least as much as ran out of memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tuner.calibration import Calibration, Calibrations, Measured, calibrate
 from tuner.estimate import GB, Buckets, Estimate, ModelShape, Setup, estimate
+from tuner.evidence import Evidence
 from tuner.points import Enumeration, Point
 from tuner.space import Space
 
@@ -36,17 +37,6 @@ def prune_margin(space: Space, accelerator: str) -> float:
     if space.search.prune_margin is not None:
         return space.search.prune_margin
     return DEFAULT_MARGIN["cuda" if accelerator == "cuda" else "cpu"]
-
-
-def at_most_as_hungry(point: Point, than: Point) -> bool:
-    """True when `point` needs no more memory than `than` on any axis the model orders with confidence."""
-    return (
-        point.offload_optimizer == than.offload_optimizer
-        and point.offload_param == than.offload_param
-        and point.micro_batch_size <= than.micro_batch_size
-        and point.zero_stage >= than.zero_stage
-        and point.activation_checkpointing >= than.activation_checkpointing
-    )
 
 
 @dataclass(frozen=True)
@@ -94,26 +84,35 @@ class Budget:
         return None
 
 
+def predict(shape: ModelShape, setup: Setup, point: Point, calibrations: Calibrations) -> tuple[Estimate, float]:
+    """The model's estimate for `point` and its calibrated device peak in GB."""
+    est = estimate(shape, point, setup)
+    return est, calibrations.for_point(point).apply(est.parts["runtime"] / GB, est.device_gb)
+
+
 def decide(
     shape: ModelShape,
     setup: Setup,
     point: Point,
     budget: Budget,
     calibrations: Calibrations | None = None,
-    fitted: Iterable[Point] = (),
+    evidence: Evidence | None = None,
 ) -> Planned:
-    """Predict `point` and judge it against the budget; `fitted` are points measured inside the budget."""
-    est = estimate(shape, point, setup)
-    cal = (calibrations or Calibrations()).for_point(point)
-    predicted = cal.apply(est.parts["runtime"] / GB, est.device_gb)
+    """Predict `point` and judge it against the budget, the measured trials' `evidence` before the model."""
+    cals = calibrations or Calibrations()
+    est, predicted = predict(shape, setup, point, cals)
+    cal = cals.for_point(point)
     if budget.device_gb is None and budget.host_gb is None:
         return Planned(point, est, predicted, None, None, cal)
     reason = budget.over(predicted, est.host_gb)
-    if reason is not None:
-        witness = next((p for p in fitted if at_most_as_hungry(point, p)), None)
-        if witness is not None:
-            kept = f"kept: {witness.label()} was measured inside the budget"
-            return Planned(point, est, predicted, True, kept, cal)
+    evidence = evidence or Evidence()
+    witness = evidence.fitted_witness(point)
+    if witness is not None:
+        kept = f"kept: {witness.label()} was measured inside the budget" if reason else None
+        return Planned(point, est, predicted, True, kept, cal)
+    ran_out = evidence.ran_out_witness(point, predicted) if budget.device_gb is not None else None
+    if ran_out is not None:
+        return Planned(point, est, predicted, False, ran_out[1], cal)
     return Planned(point, est, predicted, reason is None, reason, cal)
 
 
@@ -163,9 +162,14 @@ class MemoryPlanner:
     budget: Budget
     prune: bool = True
 
-    def judge(self, point: Point, measured: list[Measured]) -> Planned:
-        """Predict `point` with the calibration the measured trials give; never against a measured fit."""
+    def judge(self, point: Point, measured: Sequence[Measured], ran_out: Sequence[Point] = ()) -> Planned:
+        """Predict `point` with the calibration the measured trials give; they overrule the model (evidence)."""
         calibrations = calibrate(self.shape, self.setup, measured)
         limit = self.budget.device_gb
         fitted = [m.point for m in measured if limit is None or m.peak_gb <= limit]
-        return decide(self.shape, self.setup, point, self.budget, calibrations, fitted)
+        evidence = Evidence(
+            fitted=tuple((p, predict(self.shape, self.setup, p, calibrations)[1]) for p in fitted),
+            ran_out=tuple((p, predict(self.shape, self.setup, p, calibrations)[1]) for p in ran_out),
+            offload_counts=self.setup.accelerator == "cuda",
+        )
+        return decide(self.shape, self.setup, point, self.budget, calibrations, evidence)

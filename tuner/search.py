@@ -21,7 +21,7 @@ from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
-from tuner.searcher import RESULT_KEY, StudySearcher
+from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage
 from tuner.trial.launch import prebuild_ops, run_trial
@@ -182,10 +182,12 @@ def run_search(
     memory = memory_planner(space, accelerator, prune)
     searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
     remaining = searcher.remaining()
-    most = len(remaining) + comm_budget(space.space.comm_lists())  # every point, then every knob value once
+    # Every point, guided's re-measurements of the best few, then every communication knob value once.
+    repeats = REMEASURE_MAX_POINTS if space.search.sampler == "guided" and space.search.remeasure_within > 0 else 0
+    most = len(remaining) + repeats + comm_budget(space.space.comm_lists())
     searcher.budget = min(space.search.max_trials or most, most)
     measured = measured_memory(study)
-    unfit = [p for p in remaining if memory.judge(p, measured).fits is False]
+    unfit = [p for p in remaining if memory.judge(p, measured, searcher.ran_out()).fits is False]
     on_event(
         "plan",
         {

@@ -31,14 +31,15 @@ from tuner.plan import MemoryPlanner, Planned
 from tuner.points import COMM_PREFIX, Point
 from tuner.result import TrialResult
 from tuner.space import Space
-from tuner.store import measured_memory, measured_trials
+from tuner.store import REPEAT_OF, measured_memory, measured_trials
 from tuner.trial import failures
 
 RESULT_KEY = "tuner_result"
 INTERRUPTED = "interrupted"
 _TPE_TRIES = 20
 _STOP = "stop"  # the guided sampler's verdict: nothing left can plausibly beat the best
-_WAIT = "wait"  # the communication phase waits for the trials in flight
+_WAIT = "wait"  # the communication phase and re-measurements wait for the trials in flight
+REMEASURE_MAX_POINTS = 3
 
 
 def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...], comm_knobs: tuple[str, ...] = ()) -> Point:
@@ -67,13 +68,31 @@ def suggest_point(trial: Trial, space: Space, valid: tuple[Point, ...], comm_kno
 def finished_points(study: optuna.Study) -> dict[Point, optuna.trial.FrozenTrial]:
     """Points already measured in the study (COMPLETE or FAIL), so a rerun never measures them twice.
 
-    A trial interrupted by a stopped search was not measured: its point runs again.
+    A trial interrupted by a stopped search was not measured: its point runs again. Re-measurements of a
+    point (`repeat_of`) are in `repeated_points`.
     """
     out: dict[Point, optuna.trial.FrozenTrial] = {}
-    for t in measured_trials(study, (TrialState.COMPLETE, TrialState.FAIL)):
-        if t.params and t.user_attrs.get("failure_category") != INTERRUPTED:
+    for t in _measured(study):
+        if REPEAT_OF not in t.user_attrs:
             out.setdefault(Point.from_params(t.params), t)
     return out
+
+
+def repeated_points(study: optuna.Study) -> dict[Point, list[optuna.trial.FrozenTrial]]:
+    """The re-measurements guided made of points near the best, by point."""
+    out: dict[Point, list[optuna.trial.FrozenTrial]] = {}
+    for t in _measured(study):
+        if REPEAT_OF in t.user_attrs:
+            out.setdefault(Point.from_params(t.params), []).append(t)
+    return out
+
+
+def _measured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [
+        t
+        for t in measured_trials(study, (TrialState.COMPLETE, TrialState.FAIL))
+        if t.params and t.user_attrs.get("failure_category") != INTERRUPTED
+    ]
 
 
 def pruned_points(study: optuna.Study) -> set[Point]:
@@ -106,6 +125,7 @@ class StudySearcher(Searcher):
         self.on_event = on_event
         self.launched = 0
         self.done = finished_points(study)
+        self.repeats = repeated_points(study)
         self.in_flight: dict[str, tuple[Trial, Point]] = {}
         self.rng = random.Random(space.search.seed)
 
@@ -126,8 +146,12 @@ class StudySearcher(Searcher):
         """The memory model's decision on `point` with its store attributes, or None without a model."""
         if self.memory is None:
             return None
-        planned = self.memory.judge(point, measured_memory(self.study))
+        planned = self.memory.judge(point, measured_memory(self.study), self.ran_out())
         return planned, planned.attrs()
+
+    def ran_out(self) -> list[Point]:
+        """Points of the main space whose trial ran out of memory: evidence against those needing as much."""
+        return [p for p, t in self.done.items() if not p.comm and t.user_attrs.get("failure_category") == failures.OOM]
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED, a str
         """The next trial's config; None asks Tune to come back (the main knobs are still settling)."""
@@ -136,12 +160,14 @@ class StudySearcher(Searcher):
                 return Searcher.FINISHED  # type: ignore[return-value]
             remaining = self.remaining()
             picked = self._next(remaining) if remaining else _STOP
-            if isinstance(picked, str):  # _STOP: the main knobs are settled; then the communication knobs
+            if picked == _STOP:  # the main knobs are settled: re-measure the best few, then the communication knobs
+                picked = self._next_repeat()
+            if picked == _STOP:
                 picked = self._next_comm()
-                if picked == _WAIT:
-                    return None
-                if isinstance(picked, str):
-                    return Searcher.FINISHED  # type: ignore[return-value]
+            if picked == _WAIT:
+                return None
+            if isinstance(picked, str):
+                return Searcher.FINISHED  # type: ignore[return-value]
             if picked is None:
                 continue  # the point was pruned; pick again
             trial, point, attrs = picked
@@ -200,6 +226,39 @@ class StudySearcher(Searcher):
         sign = 1.0 if self.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
         return sign * trial.values[0] if trial.state == TrialState.COMPLETE and trial.values else None
 
+    def _point_value(self, point: Point) -> float | None:
+        """The point's (first) objective with higher better: the mean over its completed measurements."""
+        trials = [self.done[point], *self.repeats.get(point, [])] if point in self.done else []
+        values = [v for t in trials if (v := self._signed_value(t)) is not None]
+        return sum(values) / len(values) if values else None
+
+    def _next_repeat(self) -> tuple[Trial, Point, dict[str, Any]] | str | None:
+        """guided: one more measurement of a point within `remeasure_within` of the best, _WAIT, or _STOP.
+
+        One measurement can be off by more than the gap between the best few points, so those measured
+        once are measured again (at most REMEASURE_MAX_POINTS points) and ranked by their mean.
+        """
+        within = self.space.search.remeasure_within
+        if self.space.search.sampler != "guided" or within <= 0:
+            return _STOP
+        if self.in_flight:
+            return _WAIT  # the best must be known first
+        values = {p: v for p in self.done if not p.comm and (v := self._point_value(p)) is not None}
+        if not values:
+            return _STOP
+        best = max(values.values())
+        if len([p for p in self.repeats if not p.comm]) >= REMEASURE_MAX_POINTS:
+            return _STOP
+        near = [p for p, v in values.items() if p not in self.repeats and v >= best - abs(best) * within]
+        if not near:
+            return _STOP
+        choice = max(near, key=lambda p: values[p])
+        launched = self._launch(choice, self.judge(choice))
+        if launched is None:
+            return _STOP
+        trial, point, attrs = launched
+        return trial, point, {**attrs, REPEAT_OF: self.done[choice].number}
+
     def _next_comm(self) -> tuple[Trial, Point, dict[str, Any]] | str | None:
         """The next communication-knob trial at the best main point, _WAIT while trials run, or _STOP."""
         lists = self.space.space.comm_lists()
@@ -207,7 +266,7 @@ class StudySearcher(Searcher):
             return _STOP
         if self.in_flight:
             return _WAIT  # the best main point, and each knob's best value, must be known first
-        main = [(v, p) for p, t in self.done.items() if not p.comm and (v := self._signed_value(t)) is not None]
+        main = [(v, p) for p in self.done if not p.comm and (v := self._point_value(p)) is not None]
         if not main:
             return _STOP
         best = max(main, key=lambda vp: vp[0])[1]
@@ -225,7 +284,7 @@ class StudySearcher(Searcher):
             if point.comm:
                 continue  # a communication variant: not a point of the main space
             oom = t.user_attrs.get("failure_category") == failures.OOM
-            outcomes[point] = guided.Outcome(self._signed_value(t), oom=oom)
+            outcomes[point] = guided.Outcome(self._point_value(point), oom=oom)
         for _, point in self.in_flight.values():
             outcomes.setdefault(point, guided.Outcome(None))
         # A point the memory model rules out is recorded PRUNED when chosen (see _admit) and leaves `remaining`,
@@ -297,7 +356,10 @@ class StudySearcher(Searcher):
         outcome = _outcome(result, error)
         self.record(trial, outcome)
         frozen = self.study._storage.get_trial(trial._trial_id)
-        self.done[point] = frozen
+        if REPEAT_OF in frozen.user_attrs:
+            self.repeats.setdefault(point, []).append(frozen)
+        else:
+            self.done[point] = frozen
         self.on_event("end", {"number": trial.number, "point": point, "result": outcome, "trial": frozen})
 
     def record(self, trial: Trial, outcome: TrialResult) -> None:

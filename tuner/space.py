@@ -223,6 +223,15 @@ class SearchSection(_Section):
         speed = isinstance(self.objective, str) and self.objective in SPEED_OBJECTIVES
         return speed and (self.early_stop if self.early_stop is not None else self.sampler != "grid")
 
+    remeasure_within: float = Field(
+        0.10,
+        ge=0.0,
+        le=1.0,
+        description="guided: before stopping, measure once more the points (at most 3) within this fraction of "
+        "the best, and rank points by their mean; one measurement varied by up to 23% between runs on a shared "
+        "2-core machine (benchmarks/results). 0 turns it off.",
+    )
+
     prune: bool = Field(True, description="Skip points the memory model predicts not to fit (recorded as PRUNED).")
     prune_margin: float | None = Field(
         None,

@@ -15,7 +15,7 @@ from tuner.comm import apply_comm, comm_budget, next_comm_point, with_knob
 from tuner.dsconfig import build_ds_config
 from tuner.points import Point, enumerate_points
 from tuner.result import TrialResult
-from tuner.searcher import RESULT_KEY, StudySearcher
+from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
 from tuner.space import parse_space
 
 LISTS: dict[str, list[Any]] = {"overlap_comm": [True, False], "reduce_bucket_size": [50_000_000, 200_000_000]}
@@ -73,7 +73,8 @@ def test_the_search_tunes_communication_after_the_main_knobs(sampler: str) -> No
     valid = enumerate_points(space).valid
     configs = {p: build_ds_config({}, p, global_batch=8, ranks=2, precision="bf16", accelerator="cpu") for p in valid}
     study = optuna.create_study(direction="maximize")
-    searcher = StudySearcher(study, space, valid, configs, len(valid) + comm_budget(LISTS), lambda *_: None)
+    budget = len(valid) + REMEASURE_MAX_POINTS + comm_budget(LISTS)  # guided re-measures the best few first
+    searcher = StudySearcher(study, space, valid, configs, budget, lambda *_: None)
     run: list[Point] = []
     for i in range(50):
         suggestion = searcher.suggest(f"t{i}")

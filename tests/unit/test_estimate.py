@@ -18,7 +18,8 @@ from tuner.estimate import (
     layer_activation_bytes,
     model_states,
 )
-from tuner.plan import Budget, at_most_as_hungry, decide
+from tuner.evidence import Evidence
+from tuner.plan import Budget, decide
 from tuner.points import Point
 
 GPT2_SMALL = ModelShape(
@@ -174,18 +175,11 @@ def test_decide_prunes_over_the_budget_with_a_reason_and_keeps_what_measured_ins
     over = decide(GPT2_SMALL, setup, big, budget)
     assert over.fits is False and over.reason is not None and "over the budget" in over.reason
     assert decide(GPT2_SMALL, setup, small, budget).fits is True
-    kept = decide(GPT2_SMALL, setup, Point(28, 0), budget, fitted=[big])
+    kept = decide(GPT2_SMALL, setup, Point(28, 0), budget, evidence=Evidence(fitted=((big, need),)))
     assert kept.fits is True and kept.reason is not None and "measured inside the budget" in kept.reason
     assert decide(GPT2_SMALL, setup, big, Budget(None)).fits is None
     margin = Budget(device_gb=need / 1.05, margin=0.1)  # 5% over the budget, inside the margin
     assert decide(GPT2_SMALL, setup, big, margin).fits is True
-
-
-def test_memory_hunger_order() -> None:
-    assert at_most_as_hungry(Point(2, 3, activation_checkpointing=True), Point(4, 1))
-    assert not at_most_as_hungry(Point(8, 3), Point(4, 1))
-    assert not at_most_as_hungry(Point(2, 0), Point(4, 1))
-    assert not at_most_as_hungry(Point(2, 3, "cpu"), Point(4, 3))  # offload on CPU is not less memory
 
 
 def test_host_budget_prunes_offload() -> None:
