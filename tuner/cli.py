@@ -80,6 +80,8 @@ class _Progress:
                 )
         elif kind == "pruned":
             out.print(f"pruned trial {data['number']} {data['point'].label()}: {data['reason']}", markup=False)
+        elif kind == "concurrency":
+            out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold)")
         elif kind == "prebuild":
             out.print("preparing DeepSpeed ops (compiled once, cached for later runs) ...")
         elif kind == "warning":
@@ -372,19 +374,99 @@ def export(
     output: Annotated[Path, typer.Option(help="Where to write the ds_config JSON.", show_default=False)],
     storage: StorageOpt = None,
     trial: Annotated[int | None, typer.Option(help="Export this trial number instead of the best.")] = None,
+    world_size: Annotated[
+        int | None, typer.Option(help="Ranks of the production job (default: the ranks trials ran on).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="deepspeed (a ds_config.json) or hf (Trainer/Accelerate + arguments).")
+    ] = "deepspeed",
 ) -> None:
-    """Write the best (or a chosen) trial's complete ds_config.json and its provenance file."""
+    """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
+    from tuner.handoff import training_args_code
     from tuner.space import DEFAULT_STORAGE
     from tuner.store import load_study, open_storage
 
     url = storage or DEFAULT_STORAGE
     try:
         found = load_study(open_storage(url, "--storage"), study)
-        chosen, prov = do_export(found, url, output, trial)
+        done = do_export(found, url, output, trial, world_size, fmt)
     except SpaceError as exc:
         _fail(exc)
-    out.print(f"wrote {output} (trial {chosen.number}: {chosen.user_attrs.get('point')}) and {prov}", markup=False)
+    chosen = done.trial
+    wrote = f"wrote {output} (trial {chosen.number}: {chosen.user_attrs.get('point')}, {done.world_size} rank(s))"
+    extra = f", {done.training_args_path}" if done.training_args_path else ""
+    out.print(f"{wrote}{extra} and {done.provenance_path}", markup=False)
+    for note in done.notes:
+        out.print(f"note: {note}", markup=False)
+    if done.training_args is not None:
+        code = training_args_code(done.training_args)
+        out.print(f"Hugging Face Trainer arguments that match it:\n{code}", markup=False)
+
+
+@app.command()
+def results(
+    study: Annotated[str, typer.Option(help="The study to list.", show_default=False)],
+    storage: StorageOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """One row per trial, best first: the point, state, failure, every figure and the predicted memory."""
+    from tuner.results import results_frame, write_results
+    from tuner.space import DEFAULT_STORAGE
+    from tuner.store import load_study, open_storage
+
+    url = storage or DEFAULT_STORAGE
+    try:
+        frame = results_frame(load_study(open_storage(url, "--storage"), study))
+        text = write_results(frame, fmt, output)
+    except SpaceError as exc:
+        _fail(exc)
+    if text is not None:
+        out.print(text, markup=False, end="")
+    else:
+        err.print(f"wrote {len(frame)} trial(s) to {output}", markup=False)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Option(help="The study to report on.", show_default=False)],
+    output: Annotated[Path, typer.Option(help="The HTML file to write.", show_default=False)],
+    storage: StorageOpt = None,
+) -> None:
+    """One self-contained HTML file with plots, the best configuration and every trial; opens offline."""
+    from tuner.report import render_report
+    from tuner.space import DEFAULT_STORAGE
+    from tuner.store import load_study, open_storage
+
+    url = storage or DEFAULT_STORAGE
+    try:
+        page = render_report(load_study(open_storage(url, "--storage"), study), url)
+    except SpaceError as exc:
+        _fail(exc)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page)
+    out.print(f"wrote {output} ({len(page) / 1e6:.1f} MB, opens offline)", markup=False)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; anything but 127.0.0.1 is reachable by others.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on the storage (Ctrl-C to stop)."""
+    from tuner.dashboard import serve
+    from tuner.space import DEFAULT_STORAGE
+
+    try:
+        serve(storage or DEFAULT_STORAGE, host, port, lambda line: out.print(line, markup=False))
+    except SpaceError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def run() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.errors import SpaceError
+from tuner.handoff import for_world_size, hf_config, hf_training_args
+from tuner.results import objective_names
 from tuner.store import best_trial, original_number, pareto_front, redact, repeat_means
 from tuner.trial.failures import one_line
 
@@ -72,11 +75,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _objective_names(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get("objectives") or [study.user_attrs.get("objective")]
-    return [str(name) for name in names]
-
-
 def _remeasured(study: optuna.Study, trial: FrozenTrial) -> dict[str, float] | None:
     """The mean and count of the point's measurements when guided measured it more than once."""
     mean = repeat_means(study).get(original_number(trial))
@@ -96,7 +94,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         "objective": study.user_attrs.get("objective"),
         "value": trial.values[0],
         "remeasured": _remeasured(study, trial),
-        "values": dict(zip(_objective_names(study), trial.values, strict=False)),
+        "values": dict(zip(objective_names(study), trial.values, strict=False)),
         "on_pareto_front": trial.number in {t.number for t in pareto_front(study)},
         "figures": {k: trial.user_attrs[k] for k in FIGURE_KEYS if k in trial.user_attrs},
         "measured_with": {
@@ -117,19 +115,61 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
     }
 
 
-def export(study: optuna.Study, storage_url: str, output: Path, number: int | None = None) -> tuple[FrozenTrial, Path]:
-    """Write the trial's ds_config to `output` and `<output>.provenance.json`; nothing on failure."""
+EXPORT_FORMATS = ("deepspeed", "hf")
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote, for the CLI to report."""
+
+    trial: FrozenTrial
+    config_path: Path
+    provenance_path: Path
+    world_size: int
+    notes: list[str] = field(default_factory=list)
+    training_args: dict[str, Any] | None = None  # --format hf
+    training_args_path: Path | None = None
+
+
+def _sibling(output: Path, suffix: str) -> Path:
+    return output.with_name(output.name.removesuffix(".json") + suffix)
+
+
+def export(
+    study: optuna.Study,
+    storage_url: str,
+    output: Path,
+    number: int | None = None,
+    world_size: int | None = None,
+    fmt: str = "deepspeed",
+) -> Exported:
+    """Write the trial's config (for `world_size` ranks, as `fmt`) and the provenance beside it; nothing on failure."""
+    if fmt not in EXPORT_FORMATS:
+        raise SpaceError("--format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     trial = choose_trial(study, number)
-    config = trial.user_attrs.get("ds_config")
-    if not isinstance(config, dict):
+    measured = trial.user_attrs.get("ds_config")
+    if not isinstance(measured, dict):
         raise SpaceError("--trial", f"trial {trial.number} has no ds_config attribute")
     ranks = int(study.user_attrs.get("space", {}).get("hardware", {}).get("gpus_per_trial", 1))
+    world = world_size if world_size is not None else ranks
+    config, notes = for_world_size(measured, world, ranks)
     try:
-        check_with_deepspeed(config, ranks)
+        check_with_deepspeed(config, world)
     except Exception as exc:
         raise SpaceError("--trial", f"DeepSpeed rejects trial {trial.number}'s config: {one_line(exc)}") from None
+    args = args_path = None
+    if fmt == "hf":
+        config, hf_notes = hf_config(config)
+        notes += hf_notes
+        args, args_path = hf_training_args(config, str(output)), _sibling(output, ".training_args.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    prov_path = output.with_name(output.name.removesuffix(".json") + ".provenance.json")
+    prov_path = _sibling(output, ".provenance.json")
+    prov = provenance(study, trial, storage_url)
+    prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "notes": notes})
+    if args is not None:
+        prov["training_args"] = args
     output.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    prov_path.write_text(json.dumps(provenance(study, trial, storage_url), indent=2, sort_keys=True) + "\n")
-    return trial, prov_path
+    if args is not None and args_path is not None:
+        args_path.write_text(json.dumps(args, indent=2) + "\n")
+    prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    return Exported(trial, output, prov_path, world, notes, args, args_path)

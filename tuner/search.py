@@ -122,6 +122,18 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
     }
 
 
+def concurrent_trials(cluster: dict[str, float], per_trial: dict[str, float]) -> int:
+    """How many trials the cluster's resources run at once (at least one).
+
+    Tune is capped at this, so a point is chosen only when it can start: otherwise Tune keeps one more trial
+    pending and the searcher picks it before the running trial's result is in (guided then launched
+    mb16 z1 before learning that mb16 z0 ran out of memory).
+    """
+    fits = [int(cluster.get(key.upper() if key in ("cpu", "gpu") else key, 0) // need)
+            for key, need in per_trial.items() if need > 0]  # fmt: skip
+    return max(1, min(fits, default=1))
+
+
 def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner:
     """The memory model for this space's architecture, budget and margin."""
     from tuner.workload.hf_causal_lm import model_shape
@@ -229,9 +241,13 @@ def run_search(
         ray.init(**init_kwargs)
     context = TrialContext(space, accelerator, run_dir.resolve())
     trainable = tune.with_resources(tune.with_parameters(_trainable, context=context), resources)
+    at_once = concurrent_trials(ray.cluster_resources(), resources)
+    on_event("concurrency", {"trials": at_once})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=searcher.budget, reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=searcher.budget, reuse_actors=True, max_concurrent_trials=at_once
+        ),
         run_config=tune.RunConfig(
             name=space.study, storage_path=str((run_dir / "ray").resolve()), verbose=0, log_to_file=True
         ),

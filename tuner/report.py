@@ -1,0 +1,186 @@
+"""`tuner report`: one self-contained HTML file with the evidence a reviewer needs at a glance.
+
+Plots are plotly figures (Optuna's own for the Pareto front and the timeline), with plotly.js inlined once
+so the file opens offline. A small script at the top records any script error into the page itself
+(#script-errors), so a reader (and the browser test) sees when a plot failed to draw.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import optuna
+
+from tuner.results import objective_names, results_frame, table_text
+from tuner.store import best_trial, redact, repeat_means
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+ERROR_HOOK = """<script>
+window.tunerErrors = [];
+window.addEventListener("error", function (e) {
+  window.tunerErrors.push(String(e.message || e));
+  var box = document.getElementById("script-errors");
+  if (box) { box.textContent = "Script errors: " + window.tunerErrors.join("; "); box.hidden = false; }
+});
+</script>"""
+
+STYLE = """<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+.best { border: 2px solid #2a7; padding: 0.5rem 1rem; background: #f3fbf6; }
+pre { background: #f6f6f6; padding: 0.75rem; overflow-x: auto; font-size: 0.85rem; }
+#script-errors { color: #b00; font-weight: bold; }
+.plot { margin-bottom: 1.5rem; }
+</style>"""
+
+
+def _family(row: pd.Series) -> str:
+    label = f"z{row['zero_stage']}"
+    if row.get("offload_optimizer") not in (None, "none"):
+        label += f" opt={row['offload_optimizer']}"
+    if row.get("offload_param") not in (None, "none"):
+        label += f" param={row['offload_param']}"
+    if row.get("activation_checkpointing"):
+        label += " ckpt"
+    return label
+
+
+def throughput_figure(frame: pd.DataFrame) -> go.Figure:
+    """Throughput against micro-batch size, one line per family (stage, offload, checkpointing)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    done = frame[(frame["state"] == "COMPLETE") & frame["repeat_of"].isna()].copy()
+    if not done.empty:
+        done["family"] = done.apply(_family, axis=1)
+        done["tokens"] = done["mean_of_measurements"].fillna(done["tokens_per_s"])
+        for family, group in done.groupby("family", sort=True):
+            group = group.sort_values("micro_batch_size")
+            fig.add_trace(
+                go.Scatter(
+                    x=group["micro_batch_size"], y=group["tokens"], mode="lines+markers", name=str(family),
+                    text=group["point"], hovertemplate="%{text}<br>%{y:,.0f} tokens/s<extra></extra>",
+                )
+            )  # fmt: skip
+    fig.update_layout(
+        title="Throughput by micro-batch size, per family", xaxis_title="micro-batch size per device",
+        yaxis_title="tokens/s", xaxis_type="log", xaxis_dtick=0.30103,
+    )  # fmt: skip
+    return fig
+
+
+MEMORY_HOVER = "%{text}<br>predicted %{x:.2f} GB, measured %{y:.2f} GB<extra></extra>"
+
+
+def memory_figure(frame: pd.DataFrame, budget_gb: float | None) -> go.Figure:
+    """The memory model's calibrated prediction against the measured peak, with the budget and y = x."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    both = frame.dropna(subset=["predicted_mem_gb", "peak_mem_gb"])
+    if not both.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=both["predicted_mem_gb"], y=both["peak_mem_gb"], mode="markers", name="trials",
+                text=both["point"], hovertemplate=MEMORY_HOVER,
+            )
+        )  # fmt: skip
+        top = float(max(both["predicted_mem_gb"].max(), both["peak_mem_gb"].max())) * 1.05
+        fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="measured = predicted"))
+    if budget_gb:
+        fig.add_hline(y=budget_gb, line_dash="dash", annotation_text=f"budget {budget_gb:g} GB")
+    fig.update_layout(
+        title="Memory: predicted against measured peak per device",
+        xaxis_title="predicted GB",
+        yaxis_title="measured GB",
+    )
+    return fig
+
+
+def failures_figure(frame: pd.DataFrame) -> go.Figure:
+    """How many trials failed, by category, and how many the memory model pruned."""
+    import plotly.graph_objects as go
+
+    failed = frame[frame["state"] == "FAIL"]["failure_category"].fillna("unknown").value_counts()
+    counts = {str(k): int(v) for k, v in failed.items()}
+    pruned = int((frame["state"] == "PRUNED").sum())
+    if pruned:
+        counts["pruned (predicted not to fit)"] = pruned
+    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values())))
+    fig.update_layout(title="Trials that did not complete, by category", yaxis_title="trials")
+    return fig
+
+
+def _figures(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+    from optuna.visualization import plot_pareto_front, plot_timeline
+
+    names = objective_names(study)
+    budget = study.user_attrs.get("space", {}).get("hardware", {}).get("device_memory_gb")
+    figures = [("throughput", throughput_figure(frame)), ("memory", memory_figure(frame, budget))]
+    if len(names) > 1 and any(t.values for t in study.best_trials):
+        figures.append(("pareto", plot_pareto_front(study, target_names=names)))
+    figures.append(("timeline", plot_timeline(study)))
+    figures.append(("failures", failures_figure(frame)))
+    return figures
+
+
+def _best_section(study: optuna.Study) -> str:
+    best = best_trial(study)
+    if best is None:
+        return '<div class="best"><p>No trial completed: nothing to recommend.</p></div>'
+    names = objective_names(study)
+    mean = repeat_means(study).get(best.number)
+    value = f"{best.values[0]:,.4g}" + (f" (mean of {mean[1]}: {mean[0]:,.4g})" if mean else "")
+    config = json.dumps(best.user_attrs.get("ds_config", {}), indent=2, sort_keys=True)
+    return (
+        '<div class="best" id="best">'
+        f"<h2>Best configuration: trial {best.number}, {html.escape(str(best.user_attrs.get('point', '')))}</h2>"
+        f"<p>{html.escape(names[0])} = {value}; peak memory "
+        f"{best.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
+        f"<p>Export it: <code>tuner export --study {html.escape(study.study_name)} --output ds_config.json</code></p>"
+        f"<pre id='best-ds-config'>{html.escape(config)}</pre></div>"
+    )
+
+
+def render_report(study: optuna.Study, storage_url: str) -> str:
+    """The whole report as one HTML document (plotly.js inlined once)."""
+    frame = results_frame(study)
+    parts = []
+    for index, (name, fig) in enumerate(_figures(study, frame)):
+        fig.update_layout(height=460)
+        body = fig.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"plot-{name}")
+        parts.append(f'<div class="plot" data-plot="{name}">{body}</div>')
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no trials"
+    title = f"tuner report: study {study.study_name}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title>",
+            ERROR_HOOK,
+            STYLE,
+            "</head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            '<p id="script-errors" hidden></p>',
+            f"<p>Storage {html.escape(redact(storage_url))}; {summary}; written "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
+            _best_section(study),
+            "<h2>Plots</h2>",
+            *parts,
+            "<h2>All trials, best first</h2>",
+            f"<pre id='results'>{html.escape(table_text(frame))}</pre>",
+            "</body></html>",
+        ]
+    )
+
+
+def plot_count(study: optuna.Study) -> int:
+    """How many plots the report holds (the browser test checks each is drawn)."""
+    return len(_figures(study, results_frame(study)))

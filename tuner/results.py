@@ -1,0 +1,124 @@
+"""A study as one pandas table: one row per trial, best first, with every figure the store holds.
+
+`tuner results` prints or writes it, the HTML report plots from it, and reviewers load the CSV, JSON or
+Parquet into their own notebooks. Rows are the trials that ran or were judged (COMPLETE, FAIL, PRUNED, and
+RUNNING while a search is live); the records of points TPE proposed twice are left out (`duplicate_of`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import SpaceError
+from tuner.points import COMM_PREFIX
+from tuner.store import REPEAT_OF, measured_trials, original_number, pareto_front, repeat_means
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("table", "csv", "json", "parquet")
+POINT_COLUMNS = ("micro_batch_size", "zero_stage", "offload_optimizer", "offload_param", "activation_checkpointing")
+FIGURES = (
+    "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps", "noisy", "stopped_early",
+    "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",
+    "predicted_raw_mem_gb", "predicted_host_mem_gb", "final_loss", "trial_duration_s", "fixed_overhead_s",
+)  # fmt: skip
+TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path")
+STATE_ORDER = {"COMPLETE": 0, "RUNNING": 1, "FAIL": 2, "PRUNED": 3, "WAITING": 4}
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives by name, in order (as `tuner search` recorded them)."""
+    names = study.user_attrs.get("objectives") or [study.user_attrs.get("objective") or "value"]
+    return [str(n) for n in names][: len(study.directions)] or ["value"]
+
+
+def _row(trial: FrozenTrial, names: list[str], front: set[int], means: dict[int, tuple[float, int]]) -> dict[str, Any]:
+    a = trial.user_attrs
+    row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "point": a.get("point", "")}
+    for key in POINT_COLUMNS:
+        row[key] = trial.params.get(key)
+    for key, value in sorted(trial.params.items()):
+        if key.startswith(COMM_PREFIX):
+            row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    values = trial.values if trial.state == TrialState.COMPLETE and trial.values else [None] * len(names)
+    for name, value in zip(names, values, strict=False):
+        row[f"objective_{name}"] = value
+    mean = means.get(original_number(trial))
+    row["mean_of_measurements"] = mean[0] if mean else None
+    row["measurements"] = mean[1] if mean else (1 if trial.state == TrialState.COMPLETE else 0)
+    row[REPEAT_OF] = a.get(REPEAT_OF)
+    for key in FIGURES:
+        value = a.get(key)
+        row[key] = float(value) if isinstance(value, (int, float)) else None
+    for key in TEXT:
+        row[key] = a.get(key)
+    row["on_pareto_front"] = trial.number in front if len(names) > 1 else None
+    row["started"] = trial.datetime_start
+    row["completed"] = trial.datetime_complete
+    return row
+
+
+def results_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, best first: COMPLETE by the first objective, then running, failed and pruned."""
+    import pandas as pd
+
+    names = objective_names(study)
+    front = {t.number for t in pareto_front(study)} if len(names) > 1 else set()
+    means = repeat_means(study)
+    rows = [_row(t, names, front, means) for t in measured_trials(study)]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    first = f"objective_{names[0]}"
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    rank = frame["mean_of_measurements"].fillna(frame[first])
+    frame["_state"] = frame["state"].map(STATE_ORDER).fillna(9)
+    frame["_rank"] = -rank if maximize else rank
+    frame = frame.sort_values(["_state", "_rank", "number"], na_position="last", kind="stable")
+    return frame.drop(columns=["_state", "_rank"]).reset_index(drop=True)
+
+
+def write_results(frame: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
+    """Write `frame` in `fmt` to `output`, or return it as text for stdout (not parquet, which is binary)."""
+    if fmt not in FORMATS:
+        raise SpaceError("--format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet" and output is None:
+        raise SpaceError("--output", "parquet is binary: name a file to write it to")
+    if fmt == "parquet":
+        assert output is not None
+        output.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(output, index=False)
+        return None
+    if fmt == "csv":
+        text = frame.to_csv(index=False)
+    elif fmt == "json":
+        text = frame.to_json(orient="records", date_format="iso", indent=2) + "\n"
+    else:
+        text = table_text(frame)
+    if output is None:
+        return text
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    return None
+
+
+TABLE_COLUMNS = (
+    "number", "point", "state", "tokens_per_s", "step_time_s", "step_time_cv", "peak_mem_gb", "predicted_mem_gb",
+    "measurements", "failure_category", "failure_reason", "prune_reason",
+)  # fmt: skip
+
+
+def table_text(frame: pd.DataFrame) -> str:
+    """The columns a reviewer reads first, as plain aligned text (the full set is in csv/json/parquet)."""
+    if frame.empty:
+        return "no trials\n"
+    shown = frame[[c for c in TABLE_COLUMNS if c in frame.columns]].copy()
+    for column in ("failure_reason", "prune_reason"):
+        shown[column] = shown[column].map(lambda v: v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...")
+    return str(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.4g}")) + "\n"
