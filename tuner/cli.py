@@ -466,7 +466,9 @@ def dashboard(
     except SpaceError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        pass
+    out.print("dashboard stopped")
+    raise typer.Exit(130)  # it serves until interrupted (optuna-dashboard returns on Ctrl-C)
 
 
 def run() -> None:

@@ -230,6 +230,8 @@ def test_export_of_an_unknown_study_names_the_ones_that_exist(tmp_path: Path) ->
 
 
 def test_help_explains_every_command(tmp_path: Path) -> None:
-    for args in (["--help"], ["search", "--help"], ["export", "--help"]):
-        done = tuner(*args, cwd=tmp_path, timeout=120)
-        assert done.returncode == 0 and "Usage" in done.stdout
+    for command in ("search", "plan", "results", "report", "dashboard", "export"):
+        done = tuner(command, "--help", cwd=tmp_path, timeout=120)
+        assert done.returncode == 0 and "Usage" in done.stdout, command
+    top = tuner("--help", cwd=tmp_path, timeout=120)
+    assert all(command in top.stdout for command in ("results", "report", "dashboard"))

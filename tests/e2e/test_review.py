@@ -39,7 +39,7 @@ REVIEW: dict[str, Any] = {
     "hardware": {"gpus_per_trial": 2, "device_memory_gb": 0.75},
     "space": {"micro_batch_size": [1, 8], "zero_stage": [0, 2]},
     "search": {"sampler": "grid"},
-    "trial": {"warmup_steps": 1, "measure_steps": 2, "timeout_s": 240},
+    "trial": {"warmup_steps": 1, "measure_steps": 2, "max_measure_steps": 2, "timeout_s": 240},
 }  # fmt: skip
 
 
@@ -141,7 +141,7 @@ def test_the_report_renders_every_plot_in_a_real_browser_with_no_script_error(st
         assert 'class="main-svg"' in chunk, f"plot {name} was not drawn"
     best_box = dom.split('id="best"')[1].split("</div>")[0]
     assert f"trial {best.number}" in best_box and best.user_attrs["point"] in best_box
-    assert f"&quot;train_micro_batch_size_per_gpu&quot;: {best.params['micro_batch_size']}" in best_box
+    assert f'"train_micro_batch_size_per_gpu": {best.params["micro_batch_size"]}' in best_box
 
 
 def test_dashboard_serves_the_store_on_localhost_and_stops_on_ctrl_c(study_dir: Path, tmp_path: Path) -> None:
