@@ -80,6 +80,14 @@ class _Progress:
                 )
         elif kind == "pruned":
             out.print(f"pruned trial {data['number']} {data['point'].label()}: {data['reason']}", markup=False)
+        elif kind == "reclaimed":
+            if data["reclaimed"]:
+                numbers = ", ".join(map(str, data["reclaimed"]))
+                out.print(f"trial(s) {numbers} were left RUNNING by a search that ended without recording them: "
+                          "recorded FAIL interrupted, their points run again")  # fmt: skip
+            if data["foreign"]:
+                numbers = ", ".join(map(str, data["foreign"]))
+                err.print(f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are")
         elif kind == "concurrency":
             out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold)")
         elif kind == "prebuild":

@@ -21,9 +21,9 @@ from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
-from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
+from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher, reclaim_orphans
 from tuner.space import Space, space_document
-from tuner.store import measured_memory, open_storage
+from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.launch import prebuild_ops, run_trial
 
 
@@ -161,7 +161,7 @@ def create_study(space: Space) -> optuna.Study:
         )
     study.set_user_attr("objective", space.search.objective)
     study.set_user_attr("objectives", list(space.objectives))
-    study.set_user_attr("space", json.loads(space_document(space)))
+    study.set_user_attr("space", json.loads(redact_text(space_document(space))))
     return study
 
 
@@ -186,12 +186,15 @@ def run_search(
     accelerator = detect_accelerator(space)
     study = create_study(space)
     study.set_user_attr("space_file", str(space_path.resolve()))
-    study.set_user_attr("space_yaml", space_path.read_text())
+    study.set_user_attr("space_yaml", redact_text(space_path.read_text()))
     study.set_user_attr("accelerator", accelerator)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     configs = ds_configs_for(space, enumeration.valid, accelerator)
     memory = memory_planner(space, accelerator, prune)
+    reclaimed, foreign = reclaim_orphans(study)
+    if reclaimed or foreign:
+        on_event("reclaimed", {"reclaimed": reclaimed, "foreign": foreign})
     searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
     remaining = searcher.remaining()
     # Every point, guided's re-measurements of the best few, then every communication knob value once.
@@ -239,7 +242,9 @@ def run_search(
         elif accelerator == "cpu":
             init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
         ray.init(**init_kwargs)
-    context = TrialContext(space, accelerator, run_dir.resolve())
+    # Trials never touch the store, and Tune pickles the trainable's parameters into its run folder
+    # (tuner.pkl): the storage URL, which may hold a password, stays out of it.
+    context = TrialContext(space.model_copy(update={"storage": None}), accelerator, run_dir.resolve())
     trainable = tune.with_resources(tune.with_parameters(_trainable, context=context), resources)
     at_once = concurrent_trials(ray.cluster_resources(), resources)
     on_event("concurrency", {"trials": at_once})

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import optuna
+import psutil
 from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
@@ -95,6 +97,49 @@ def _measured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     ]
 
 
+OWNER = "owner"  # host:pid:start time of the `tuner search` that asked for the trial
+
+
+def owner_tag() -> str:
+    """This process as the owner of the trials it asks for (a pid alone can be reused after a crash)."""
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.0f}"
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the search that owns a RUNNING trial still runs; None when it ran on another host."""
+    try:
+        host, pid, started = tag.rsplit(":", 2)
+        if host != socket.gethostname():
+            return None
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 2
+    except (ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def reclaim_orphans(study: optuna.Study) -> tuple[list[int], list[int]]:
+    """Trials left RUNNING by a search that was killed end as FAIL `interrupted`, so their points run again.
+
+    Returns the trials reclaimed, and those left RUNNING because their search may still run on another host.
+    """
+    reclaimed, foreign = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        tag = t.user_attrs.get(OWNER)
+        alive = owner_alive(tag) if isinstance(tag, str) else False
+        if alive is None:
+            foreign.append(t.number)
+            continue
+        if alive:
+            continue  # another search on this machine is running it
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "failure_category", INTERRUPTED)
+        why = f"the tuner search that ran it ({tag or 'unknown'}) ended without recording it"
+        storage.set_trial_user_attr(t._trial_id, "failure_reason", why)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        reclaimed.append(t.number)
+    return reclaimed, foreign
+
+
 def pruned_points(study: optuna.Study) -> set[Point]:
     """Points an earlier run already recorded as PRUNED (not recorded twice)."""
     return {Point.from_params(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))}
@@ -128,6 +173,13 @@ class StudySearcher(Searcher):
         self.repeats = repeated_points(study)
         self.in_flight: dict[str, tuple[Trial, Point]] = {}
         self.rng = random.Random(space.search.seed)
+        self.owner = owner_tag()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Nothing: Tune pickles its searcher into the run folder (tuner.pkl) for a restore this tool never
+        does (a rerun reads the store), and the study's storage URL, which may hold a password, must not
+        land in a file."""
+        return {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         return True  # the space lives in this searcher, not in Tune's config
@@ -213,13 +265,19 @@ class StudySearcher(Searcher):
             return self._launch(choice, self.judge(choice))
         if self.space.search.sampler == "tpe":
             for _ in range(_TPE_TRIES):
-                trial = self.study.ask()
+                trial = self._ask()
                 point = suggest_point(trial, self.space, self.valid)
                 if point in remaining:
                     return self._admit(trial, point)
                 self._tell_duplicate(trial, point)
         choice = remaining[0] if self.space.search.sampler == "grid" else self.rng.choice(remaining)
         return self._launch(choice, self.judge(choice))
+
+    def _ask(self) -> Trial:
+        """A new Optuna trial, tagged with this search so a rerun after a crash can tell it was orphaned."""
+        trial = self.study.ask()
+        trial.set_user_attr(OWNER, self.owner)
+        return trial
 
     def _signed_value(self, trial: optuna.trial.FrozenTrial) -> float | None:
         """The trial's (first) objective with higher better, or None when it did not complete."""
@@ -300,7 +358,7 @@ class StudySearcher(Searcher):
             self.skipped.add(choice)  # recorded as PRUNED by an earlier run; not recorded twice
             return None
         self.study.enqueue_trial(choice.params())
-        trial = self.study.ask()
+        trial = self._ask()
         point = suggest_point(trial, self.space, self.valid, tuple(knob for knob, _ in choice.comm))
         assert point == choice, f"enqueued {choice} but the trial suggested {point}"
         return self._admit(trial, point, judged)

@@ -8,6 +8,7 @@ the files it names (a model's config.json, a base DeepSpeed config) relative to 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -37,6 +38,15 @@ OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 
 T = TypeVar("T")
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a study, or None: it also names the study's log folder, so no path tricks."""
+    if not name.strip():
+        return "must not be empty"
+    if len(name) > 128 or name.startswith(".") or re.search(r"[/\\\x00-\x1f]", name):
+        return "must be at most 128 characters, without '/', '\\' or control characters, not starting with '.'"
+    return None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -285,8 +295,9 @@ class Space(_Section):
     @field_validator("study")
     @classmethod
     def _study_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
+        problem = study_name_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @property
@@ -415,8 +426,9 @@ def load_space(path: Path, study: str | None = None, storage: str | None = None)
     space = parse_space(raw, default_study=path.stem)
     updates: dict[str, Any] = {}
     if study is not None:
-        if not study.strip():
-            raise SpaceError("--study", "must not be empty")
+        problem = study_name_problem(study)
+        if problem:
+            raise SpaceError("--study", problem)
         updates["study"] = study
     if storage is not None:
         _check_storage(storage, "--storage")

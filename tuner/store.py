@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -20,6 +22,14 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
+
+
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the password of every URL in it masked (a space file may hold its storage URL)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def open_storage(url: str, key: str = "storage") -> RDBStorage:
