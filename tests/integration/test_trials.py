@@ -109,6 +109,7 @@ def test_config_deepspeed_rejects_is_invalid_config(tmp_path: Path, cpu_ops: Non
     assert "\n" not in (result.failure_reason or "")
     assert result.log_tail.startswith("Traceback")  # the failing rank's own traceback leads the tail
     assert "--- trial log ---" in result.log_tail
+    assert not processes_of(tmp_path / "trial")
 
 
 def test_a_model_that_cannot_build_is_a_crash_with_its_reason(tmp_path: Path, cpu_ops: None) -> None:
@@ -116,6 +117,7 @@ def test_a_model_that_cannot_build_is_a_crash_with_its_reason(tmp_path: Path, cp
     result = run(spec, tmp_path)
     assert result.failure_category == "crash"
     assert "(build)" in (result.failure_reason or "")
+    assert not processes_of(tmp_path / "trial")
 
 
 def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path, cpu_ops: None) -> None:
