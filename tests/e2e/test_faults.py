@@ -33,8 +33,8 @@ FAULTS: dict[str, Any] = {
     "model": {"config": TINY_GPT2},
     "data": {"sequence_length": 64},
     "training": {"global_batch_size": 8, "precision": "fp32"},
-    "hardware": {"gpus_per_trial": 2},
-    "space": {"micro_batch_size": [1, 2, 4], "zero_stage": [0, 2]},
+    "hardware": {"gpus_per_trial": 1},  # one rank: the faults are the orchestrator's, and trials start faster
+    "space": {"micro_batch_size": [1, 2], "zero_stage": [0, 2]},
     "search": {"sampler": "grid"},
     "trial": {"warmup_steps": 1, "measure_steps": 2, "max_measure_steps": 2, "timeout_s": 240},
 }
@@ -156,7 +156,7 @@ def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(tmp_path
     assert interrupted == sorted([stopped[0].number, *orphaned])
     measured = [t for t in final if t.user_attrs.get("failure_category") != "interrupted"]
     counts = Counter(t.user_attrs["point"] for t in measured)
-    assert len(counts) == 6 and set(counts.values()) == {1}, counts  # every point exactly once
+    assert len(counts) == 4 and set(counts.values()) == {1}, counts  # every point exactly once
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in measured)
     assert complete_before <= {t.user_attrs["point"] for t in measured if t.state == TrialState.COMPLETE}
     assert not rank_processes(runs)

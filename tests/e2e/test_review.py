@@ -36,7 +36,7 @@ REVIEW: dict[str, Any] = {
     "data": {"sequence_length": 256},
     "training": {"global_batch_size": 16, "precision": "fp32",
                  "base_config": {"optimizer": {"type": "AdamW", "params": {"lr": 0.0003, "weight_decay": 0.01}}}},
-    "hardware": {"gpus_per_trial": 2, "device_memory_gb": 0.75},
+    "hardware": {"gpus_per_trial": 1, "device_memory_gb": 0.75},  # one rank: trials start faster
     "space": {"micro_batch_size": [1, 8], "zero_stage": [0, 2]},
     "search": {"sampler": "grid"},
     "trial": {"warmup_steps": 1, "measure_steps": 2, "max_measure_steps": 2, "timeout_s": 240},
@@ -193,10 +193,11 @@ def test_dashboard_refuses_a_port_in_use(study_dir: Path, tmp_path: Path) -> Non
     assert done.returncode == 2 and "--port" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def launch(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """One rank through the `deepspeed` launcher on the CPU, as a production job would start."""
+def launch(script: str, *args: str, cwd: Path, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    """Ranks through the `deepspeed` launcher on the CPU, as a production job would start."""
+    runner = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
     return subprocess.run(
-        [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", str(REPO / "examples" / script), *args],
+        [*runner, str(REPO / "examples" / script), *args],
         cwd=cwd, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=600,
         check=False,
     )  # fmt: skip
@@ -208,17 +209,17 @@ def test_export_for_another_world_size_keeps_the_global_batch_and_trains(study_d
     assert wrong.returncode == 2 and "--world-size" in wrong.stderr and "1, 2, 4, 8, 16" in wrong.stderr
     assert not list(tmp_path.glob("x*.json")), "nothing written on bad input"
 
-    out = tmp_path / "one" / "ds_config.json"
-    done = tuner(*args, "--output", str(out), "--world-size", "1", cwd=tmp_path)
+    out = tmp_path / "two" / "ds_config.json"
+    done = tuner(*args, "--output", str(out), "--world-size", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "measured on 2 rank(s); written for 1" in done.stdout
+    assert "measured on 1 rank(s); written for 2" in done.stdout
     config = json.loads(out.read_text())
     assert config["train_batch_size"] == 16 == config["train_micro_batch_size_per_gpu"] * config[
-        "gradient_accumulation_steps"]  # fmt: skip
+        "gradient_accumulation_steps"] * 2  # fmt: skip
     prov = json.loads(out.with_name("ds_config.provenance.json").read_text())
-    assert prov["world_size"] == 1 and prov["measured_ranks"] == 2 and prov["format"] == "deepspeed"
+    assert prov["world_size"] == 2 and prov["measured_ranks"] == 1 and prov["format"] == "deepspeed"
     train = launch("train.py", "--deepspeed_config", str(out), "--model-config", str(out.with_name(
-        "ds_config.provenance.json")), "--sequence-length", "256", "--steps", "2", cwd=tmp_path)  # fmt: skip
+        "ds_config.provenance.json")), "--sequence-length", "256", "--steps", "2", cwd=tmp_path, ranks=2)  # fmt: skip
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "step 2/2 loss" in train.stdout
 
