@@ -55,7 +55,7 @@ TIGHT: dict[str, Any] = {
     "model": {"config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 256,
                          "vocab_size": 32768}},
     "data": {"sequence_length": 256},
-    "training": {"global_batch_size": 16, "precision": "bf16"},
+    "training": {"global_batch_size": 16, "precision": "fp32"},
     "hardware": {"gpus_per_trial": 2, "device_memory_gb": 0.75},
     "space": {"micro_batch_size": [1, 8], "zero_stage": [0]},
     "trial": {"warmup_steps": 1, "measure_steps": 1, "timeout_s": 240},
