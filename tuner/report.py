@@ -179,8 +179,3 @@ def render_report(study: optuna.Study, storage_url: str) -> str:
             "</body></html>",
         ]
     )
-
-
-def plot_count(study: optuna.Study) -> int:
-    """How many plots the report holds (the browser test checks each is drawn)."""
-    return len(_figures(study, results_frame(study)))

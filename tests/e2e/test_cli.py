@@ -122,6 +122,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def dashboard_study(port: int, study_name: str) -> dict[str, Any]:
+    """The study's detail (with its trials) from optuna-dashboard's HTTP API, once the server answers."""
+    studies = None
+    for _ in range(60):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
+                studies = json.load(resp)["study_summaries"]
+            break
+        except OSError:
+            time.sleep(0.5)
+    assert studies is not None, "optuna-dashboard did not answer"
+    study_id = next(s["study_id"] for s in studies if s["study_name"] == study_name)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0", timeout=10) as resp:
+        return dict(json.load(resp))
+
+
 def assert_dashboard_shows(url: str, study_name: str, trial_number: int) -> None:
     """optuna-dashboard on the same store lists the study and the trial's user attributes."""
     port = free_port()
@@ -131,18 +147,7 @@ def assert_dashboard_shows(url: str, study_name: str, trial_number: int) -> None
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        studies = None
-        for _ in range(60):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
-                    studies = json.load(resp)["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert studies is not None, "optuna-dashboard did not answer"
-        study_id = next(s["study_id"] for s in studies if s["study_name"] == study_name)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0", timeout=10) as resp:
-            detail = json.load(resp)
+        detail = dashboard_study(port, study_name)
         trial = next(t for t in detail["trials"] if t["number"] == trial_number)
         keys = {a["key"] for a in trial["user_attrs"]}
         assert {"tokens_per_s", "peak_mem_gb", "step_time_s", "ds_config", "log_path"} <= keys

@@ -14,8 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
-from tests.e2e.test_cli import free_port, tuner, write_space
+from tests.e2e.test_cli import dashboard_study, free_port, tuner, write_space
 
 # Logits dominate this model's memory (vocab 32k, 256 tokens): micro-batch 1 fits 0.75 GB, micro-batch 8 does not.
 REVIEW: dict[str, Any] = {
@@ -155,20 +153,9 @@ def test_dashboard_serves_the_store_on_localhost_and_stops_on_ctrl_c(study_dir: 
         assert proc.stdout is not None
         said = [proc.stdout.readline() for _ in range(2)]
         assert f"open http://127.0.0.1:{port}/dashboard/" in said[1], said
-        studies = None
-        for _ in range(60):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
-                    studies = json.load(resp)["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert studies is not None, "the dashboard did not answer"
+        detail = dashboard_study(port, "review")
         listening = [c for c in psutil.Process(proc.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
         assert [c.laddr.ip for c in listening] == ["127.0.0.1"]
-        study_id = next(s["study_id"] for s in studies if s["study_name"] == "review")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}?after=0", timeout=10) as resp:
-            detail = json.load(resp)
         study = load(study_dir)
         assert len(detail["trials"]) == len(study.trials)
         failed = next(t for t in detail["trials"] if t["state"] == "Fail")
