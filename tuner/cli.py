@@ -89,7 +89,8 @@ class _Progress:
                 numbers = ", ".join(map(str, data["foreign"]))
                 err.print(f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are")
         elif kind == "concurrency":
-            out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold)")
+            spans = f", each over {data['nodes_per_trial']} nodes" if data.get("nodes_per_trial", 1) > 1 else ""
+            out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold){spans}")
         elif kind == "prebuild":
             out.print("preparing DeepSpeed ops (compiled once, cached for later runs) ...")
         elif kind == "warning":

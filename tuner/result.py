@@ -6,6 +6,7 @@ in the name, so results, the dashboard and export read the same fields.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ class TrialResult:
     log_path: str | None = None
     log_tail: str = ""
     duration_s: float = 0.0
+    nodes: list[str] = field(default_factory=list)  # where the ranks ran, node 0 first (on a Ray cluster)
+    log_host: str | None = None  # the node whose disk holds log_path
 
     def __post_init__(self) -> None:
         assert (self.failure_category is None) == bool(self.figures), "either figures or a failure"
@@ -39,12 +42,24 @@ class TrialResult:
         attrs["trial_duration_s"] = round(self.duration_s, 3)
         if self.log_path:
             attrs["log_path"] = self.log_path
+        if self.log_host:
+            attrs["log_host"] = self.log_host
+        if self.nodes:
+            attrs["nodes"] = list(self.nodes)
         if not self.ok:
             attrs["failure_category"] = self.failure_category
             attrs["failure_reason"] = self.failure_reason
             tail = self.log_tail  # the failing rank's traceback leads; keep its start and the log's end
             attrs["log_tail"] = tail if len(tail) <= 4000 else tail[:2000] + "\n[...]\n" + tail[-2000:]
         return attrs
+
+    def placed(self, nodes: list[str]) -> TrialResult:
+        """This result with the nodes its ranks ran on."""
+        return dataclasses.replace(self, nodes=list(nodes))
+
+    def moved(self, log_path: str, host: str) -> TrialResult:
+        """This result with its logs at `log_path` on `host` (brought back to the search's node)."""
+        return dataclasses.replace(self, log_path=log_path, log_host=host)
 
     @classmethod
     def failed(

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +22,15 @@ import optuna
 from tuner.comm import comm_budget
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
+from tuner.placement import TrialShape, concurrent_trials, describe_nodes, strategy, trial_bundles
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher, reclaim_orphans
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
-from tuner.trial.launch import prebuild_ops, run_trial
+from tuner.trial.failures import one_line
+from tuner.trial.launch import run_trial
+from tuner.trial.nodes import node_name, prebuild_everywhere, run_spanning_trial, ship_to_head
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class TrialContext:
     space: Space
     accelerator: str
     run_dir: Path
+    bundles: tuple[dict[str, float], ...]  # the trial's placement group, one bundle per node
+    head_node: str  # Ray's id of the node `tuner search` runs on: every trial's files end up there
+    head_host: str
 
 
 def detect_accelerator(space: Space) -> str:
@@ -91,18 +100,40 @@ def trial_spec(
 
 
 def _trainable(config: dict[str, Any], context: TrialContext) -> None:
-    """One Tune trial: run the DeepSpeed trial and report its TrialResult (never raises for its faults)."""
+    """One Tune trial: run the DeepSpeed trial and report its TrialResult (never raises for its faults).
+
+    A trainable on another node than the search's runs in a scratch folder and ships it to the run folder.
+    """
+    import ray
     from ray import tune
 
     space = context.space
     point = Point.from_params(config["point"])
-    result = run_trial(
-        trial_spec(space, point, config["ds_config"], config.get("stop_over_step_s")),
-        context.run_dir / f"trial_{config['trial_number']:04d}",
-        ranks=space.hardware.gpus_per_trial,
-        accelerator=context.accelerator,
-        timeout_s=space.trial.timeout_s,
-    )
+    spec = trial_spec(space, point, config["ds_config"], config.get("stop_over_step_s"))
+    name = f"trial_{config['trial_number']:04d}"
+    on_head = ray.get_runtime_context().get_node_id() == context.head_node
+    scratch = None if on_head else Path(tempfile.mkdtemp(prefix="tuner-trial-"))
+    folder = (scratch or context.run_dir) / name
+    try:
+        if len(context.bundles) > 1:
+            result = run_spanning_trial(
+                spec, folder, bundles=list(context.bundles), ranks_per_node=space.hardware.ranks_per_node,
+                accelerator=context.accelerator, timeout_s=space.trial.timeout_s,
+            )  # fmt: skip
+        else:
+            cpus = int(context.bundles[0]["CPU"]) if context.accelerator == "cpu" else None
+            result = run_trial(
+                spec, folder, ranks=space.hardware.gpus_per_trial, accelerator=context.accelerator,
+                timeout_s=space.trial.timeout_s, cpus=cpus,
+            ).placed([node_name()])  # fmt: skip
+        if scratch is not None:
+            head_folder = ship_to_head(folder, context.head_node, context.run_dir / name)
+            result = result.moved(str(Path(head_folder) / "trial.log"), context.head_host)
+        else:
+            result = result.moved(str(folder / "trial.log"), context.head_host)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     report: dict[str, Any] = {RESULT_KEY: json.dumps(dataclasses.asdict(result)), **result.figures}
     tune.report(report)
 
@@ -120,18 +151,6 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
         )
         for p in points
     }
-
-
-def concurrent_trials(cluster: dict[str, float], per_trial: dict[str, float]) -> int:
-    """How many trials the cluster's resources run at once (at least one).
-
-    Tune is capped at this, so a point is chosen only when it can start: otherwise Tune keeps one more trial
-    pending and the searcher picks it before the running trial's result is in (guided then launched
-    mb16 z1 before learning that mb16 z0 ran out of memory).
-    """
-    fits = [int(cluster.get(key.upper() if key in ("cpu", "gpu") else key, 0) // need)
-            for key, need in per_trial.items() if need > 0]  # fmt: skip
-    return max(1, min(fits, default=1))
 
 
 def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner:
@@ -165,6 +184,70 @@ def create_study(space: Space) -> optuna.Study:
     return study
 
 
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that does not answer is reported at once (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # auto and ray:// fail fast in Ray itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SpaceError("--address", f"no Ray cluster answers at {address}: {one_line(exc)}") from None
+
+
+def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:
+    """Join the cluster at `address`, or start Ray on this machine; a cluster out of reach is bad input."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    init_kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "ERROR",
+        "configure_logging": True,
+    }
+    if address:
+        _check_reachable(address)
+        init_kwargs["address"] = address
+    else:  # a Ray of its own, even where this machine is a node of a running cluster
+        init_kwargs["address"] = "local"
+        if accelerator == "cpu":
+            init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
+    try:
+        ray.init(**init_kwargs)
+    except Exception as exc:  # Ray raises many kinds: refused, timed out, wrong token, version mismatch
+        if not address:
+            raise
+        raise SpaceError("--address", f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+
+
+def placement(space: Space, accelerator: str, address: str | None) -> tuple[list[dict[str, float]], int]:
+    """The trial's bundles and how many trials Ray's alive nodes run at once; none fitting is bad input."""
+    import ray
+
+    hardware = space.hardware
+    shape = TrialShape(hardware.gpus_per_trial, hardware.nodes_per_trial, accelerator, hardware.ray_resources)
+    bundles = trial_bundles(shape, local_cpus=None if address else os.cpu_count() or 1)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    at_once = concurrent_trials(nodes, bundles)
+    if at_once == 0:
+        key = "hardware.nodes_per_trial" if len(bundles) > 1 else "hardware.gpus_per_trial"
+        bundle = describe_nodes([bundles[0]]).removeprefix("node 1: ")
+        need = f"{len(bundles)} nodes with {bundle} each" if len(bundles) > 1 else f"a node with {bundle}"
+        raise SpaceError(key, f"a trial needs {need}; the Ray cluster has {describe_nodes(nodes)}")
+    return bundles, at_once
+
+
+def cluster_accelerator(space: Space, local: str) -> str:
+    """On a cluster the search's own node may have no GPU: `auto` means cuda when any node has one."""
+    import ray
+
+    if space.hardware.accelerator != "auto":
+        return space.hardware.accelerator
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else local
+
+
 def run_search(
     space: Space,
     space_path: Path,
@@ -182,13 +265,22 @@ def run_search(
     import ray
     from ray import tune
 
+    assert space.storage is not None
     enumeration = enumerate_points(space)
     accelerator = detect_accelerator(space)
+    ranks = space.hardware.gpus_per_trial
+    if not space.storage.startswith("sqlite"):
+        open_storage(space.storage)  # an unreachable store is reported before Ray starts
+    connect_ray(address, accelerator, ranks)  # before anything is written: a trial that cannot be placed
+    if address:  # is bad input
+        accelerator = cluster_accelerator(space, accelerator)
+    bundles, at_once = placement(space, accelerator, address)
     study = create_study(space)
     study.set_user_attr("space_file", str(space_path.resolve()))
     study.set_user_attr("space_yaml", redact_text(space_path.read_text()))
     study.set_user_attr("accelerator", accelerator)
     run_dir.mkdir(parents=True, exist_ok=True)
+    study.set_user_attr("run_dir", f"{socket.gethostname()}:{run_dir.resolve()}")
 
     configs = ds_configs_for(space, enumeration.valid, accelerator)
     memory = memory_planner(space, accelerator, prune)
@@ -219,35 +311,19 @@ def run_search(
 
     need_cpu_adam = any(p.offload_optimizer == "cpu" for p in remaining)
     on_event("prebuild", {})
-    problem = prebuild_ops(accelerator, need_cpu_adam, run_dir / "prebuild_ops.log")
-    if problem:
+    problems = prebuild_everywhere(accelerator, need_cpu_adam, run_dir / "prebuild_ops.log")
+    for problem in problems:
         on_event("warning", {"message": problem})
 
-    ranks = space.hardware.gpus_per_trial
-    resources: dict[str, float] = {"cpu": 1, "gpu": ranks} if accelerator == "cuda" else {"cpu": ranks}
-    if accelerator == "cpu" and not address:
-        # Each rank's threads are sized to share this machine's cores (worker_env), so a CPU trial holds all of
-        # them: two one-rank trials at once on 2 cores measured mb32 z0 at 933 tokens/s; alone, DeepSpeed's
-        # autotuner measured it at 6,223.
-        resources = {"cpu": max(os.cpu_count() or 1, ranks)}
-    if not ray.is_initialized():
-        init_kwargs: dict[str, Any] = {
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "logging_level": "ERROR",
-            "configure_logging": True,
-        }
-        if address:
-            init_kwargs["address"] = address
-        elif accelerator == "cpu":
-            init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
-        ray.init(**init_kwargs)
     # Trials never touch the store, and Tune pickles the trainable's parameters into its run folder
     # (tuner.pkl): the storage URL, which may hold a password, stays out of it.
-    context = TrialContext(space.model_copy(update={"storage": None}), accelerator, run_dir.resolve())
+    context = TrialContext(
+        space.model_copy(update={"storage": None}), accelerator, run_dir.resolve(), tuple(bundles),
+        ray.get_runtime_context().get_node_id(), socket.gethostname(),
+    )  # fmt: skip
+    resources = tune.PlacementGroupFactory(bundles, strategy=strategy(bundles))
     trainable = tune.with_resources(tune.with_parameters(_trainable, context=context), resources)
-    at_once = concurrent_trials(ray.cluster_resources(), resources)
-    on_event("concurrency", {"trials": at_once})
+    on_event("concurrency", {"trials": at_once, "nodes_per_trial": len(bundles)})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -93,6 +93,16 @@ class TrainingSection(_Section):
 
 class HardwareSection(_Section):
     gpus_per_trial: PositiveInt = Field(1, description="Ranks per trial; CPU processes over gloo without GPUs.")
+    nodes_per_trial: PositiveInt = Field(
+        1,
+        description="Ray nodes one trial's ranks span (gpus_per_trial / nodes_per_trial on each), to measure "
+        "a configuration with inter-node communication; needs a Ray cluster (--address).",
+    )
+    ray_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="Extra Ray resources a trial holds on each of its nodes, to steer trials to a node type "
+        "(a custom resource given to `ray start --resources`).",
+    )
     device_memory_gb: PositiveFloat | None = Field(
         None, description="Memory budget per device (default: the GPU's size; none on CPU). Points over it are pruned."
     )
@@ -103,6 +113,26 @@ class HardwareSection(_Section):
     peak_tflops: PositiveFloat | None = Field(
         None, description="Peak TFLOP/s of one device at the training precision, for MFU (default: the GPU table)."
     )
+
+    @field_validator("nodes_per_trial")
+    @classmethod
+    def _nodes_divide_ranks(cls, value: int, info: ValidationInfo) -> int:
+        ranks = info.data.get("gpus_per_trial")
+        if ranks is not None and ranks % value:
+            raise ValueError(f"must divide gpus_per_trial ({ranks}): each node runs the same number of ranks")
+        return value
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            if name.upper() in ("CPU", "GPU", "MEMORY"):
+                raise ValueError(f"{name!r} is set by gpus_per_trial; only custom resource names are allowed")
+        return value
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.gpus_per_trial // self.nodes_per_trial
 
 
 COMM_KNOB_NAMES = (

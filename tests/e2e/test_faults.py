@@ -1,5 +1,5 @@
 """Orchestrator and storage faults with real trials: Ctrl-C, SIGKILL of `tuner search`, resuming, optuna-dashboard
-reading the SQLite file during a search, and a password in the storage URL that must never be written out.
+reading the SQLite file during a search. (A password in a PostgreSQL URL: tests/e2e/test_cluster.py.)
 
 Trial faults (a rank SIGKILLed, a hang past the timeout, over the memory budget, a config DeepSpeed rejects, a
 workload that raises) are in tests/integration/test_trials.py, each checking the process table.
@@ -22,7 +22,6 @@ from typing import Any
 
 import optuna
 import psutil
-import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import TINY_GPT2
@@ -160,43 +159,3 @@ def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(tmp_path
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in measured)
     assert complete_before <= {t.user_attrs["point"] for t in measured if t.state == TrialState.COMPLETE}
     assert not rank_processes(runs)
-
-
-SECRET = "s3cret-Pw9"
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    """The local PostgreSQL (trust authentication accepts any password), with a password in the URL."""
-    url = f"postgresql+psycopg2://postgres:{SECRET}@127.0.0.1:5432/test"
-    try:
-        optuna.storages.RDBStorage(url)
-    except Exception as exc:  # pragma: no cover - CI runs PostgreSQL; say plainly when it is not there
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 (database test) is not reachable: {exc}")
-    return url
-
-
-def test_a_password_in_the_storage_url_is_never_written_out(tmp_path: Path, postgres_url: str, cpu_ops: None) -> None:
-    name = f"secret-{os.getpid()}-{int(time.time())}"
-    raw = {**FAULTS, "study": name, "space": {"micro_batch_size": [2], "zero_stage": [0]}}
-    space = write_space(tmp_path, raw)
-    try:
-        done = tuner("search", str(space), "--storage", postgres_url, cwd=tmp_path)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "postgres:***@127.0.0.1" in done.stdout  # the export hint names the store, masked
-        out = tmp_path / "export" / "ds_config.json"
-        exported = tuner("export", "--study", name, "--storage", postgres_url, "--output", str(out), cwd=tmp_path)
-        assert exported.returncode == 0, exported.stderr
-        report = tuner("report", "--study", name, "--storage", postgres_url, "--output", str(tmp_path / "r.html"),
-                       cwd=tmp_path)  # fmt: skip
-        assert report.returncode == 0, report.stderr
-        texts = [done.stdout, done.stderr, exported.stdout, exported.stderr, report.stdout, report.stderr]
-        leaked = [t for t in texts if SECRET in t]
-        for path in tmp_path.rglob("*"):
-            if path.is_file() and SECRET.encode() in path.read_bytes():
-                leaked.append(str(path))
-        assert not leaked, leaked[:5]
-        study = optuna.load_study(study_name=name, storage=postgres_url)
-        assert SECRET not in json.dumps(study.user_attrs) + json.dumps([t.user_attrs for t in study.trials])
-    finally:
-        optuna.delete_study(study_name=name, storage=postgres_url)

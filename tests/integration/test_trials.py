@@ -103,9 +103,11 @@ def test_real_trial_measures_every_stage(point: Point, tmp_path: Path, cpu_ops: 
 
 
 def test_config_deepspeed_rejects_is_invalid_config(tmp_path: Path, cpu_ops: None) -> None:
-    result = run(spec_for(Point(2, 1), precision="fp16", measure_steps=1), tmp_path)  # no fp16 on CPU
+    spec = spec_for(Point(2, 1), precision="fp32", measure_steps=1)
+    spec["ds_config"]["train_batch_size"] = GLOBAL + 1  # not micro x accumulation x ranks: DeepSpeed refuses it
+    result = run(spec, tmp_path)
     assert result.failure_category == "invalid_config"
-    assert "fp16" in (result.failure_reason or "")
+    assert "train_batch_size" in (result.failure_reason or "")
     assert "\n" not in (result.failure_reason or "")
     assert result.log_tail.startswith("Traceback")  # the failing rank's own traceback leads the tail
     assert "--- trial log ---" in result.log_tail

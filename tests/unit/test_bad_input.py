@@ -84,7 +84,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     def no_trials(*_: Any, **__: Any) -> None:
         raise AssertionError("bad input reached the trials")
 
-    monkeypatch.setattr("tuner.search.prebuild_ops", no_trials)  # a case that slips through fails fast
+    monkeypatch.setattr("tuner.search.prebuild_everywhere", no_trials)  # a case that slips through fails fast
     return CliRunner()
 
 

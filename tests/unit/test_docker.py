@@ -23,15 +23,19 @@ def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_compose_file_is_valid_and_takes_the_password_from_the_environment() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TUNER_DB_PASSWORD"}
-    done = compose_config({**env, "TUNER_DB_PASSWORD": "from-env"})
+def test_the_compose_file_is_valid_and_takes_the_secrets_from_the_environment() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNER_DB_PASSWORD", "RAY_AUTH_TOKEN")}
+    done = compose_config({**env, "TUNER_DB_PASSWORD": "from-env", "RAY_AUTH_TOKEN": "token-from-env"})
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     assert set(config["services"]) == {"postgres", "ray-head", "ray-worker", "dashboard"}
     for name in ("ray-head", "ray-worker", "dashboard"):
-        assert config["services"][name]["environment"]["TUNER_STORAGE"].startswith("postgresql+psycopg2://tuner:")
+        environment = config["services"][name]["environment"]
+        assert environment["TUNER_STORAGE"].startswith("postgresql+psycopg2://tuner:")
+        assert environment["RAY_AUTH_MODE"] == "token" and environment["RAY_AUTH_TOKEN"] == "token-from-env"
     assert str(config["services"]["dashboard"]["ports"][0]).startswith("127.0.0.1:")  # on loopback only
-    assert "from-env" not in COMPOSE.read_text()  # no password in the file
-    missing = compose_config(env)
+    assert "from-env" not in COMPOSE.read_text()  # no password or token in the file
+    missing = compose_config({**env, "RAY_AUTH_TOKEN": "t"})
     assert missing.returncode != 0 and "TUNER_DB_PASSWORD" in missing.stderr
+    missing = compose_config({**env, "TUNER_DB_PASSWORD": "p"})
+    assert missing.returncode != 0 and "RAY_AUTH_TOKEN" in missing.stderr

@@ -355,12 +355,3 @@ def test_guided_remeasures_the_points_near_the_best_and_ranks_by_the_mean() -> N
     raw["search"]["remeasure_within"] = 0
     study, run = run_noisy(parse_space(raw, default_study="unit"), draws)
     assert len(run) == len(set(run)) and Point.from_params(study.best_trial.params) == Point(4, 1)
-
-
-def test_tune_runs_as_many_trials_at_once_as_the_resources_hold() -> None:
-    from tuner.search import concurrent_trials
-
-    assert concurrent_trials({"CPU": 2.0, "memory": 1e9}, {"cpu": 2}) == 1  # a CPU trial holds the machine
-    assert concurrent_trials({"CPU": 32.0, "GPU": 8.0}, {"cpu": 1, "gpu": 2}) == 4
-    assert concurrent_trials({"CPU": 32.0, "GPU": 8.0}, {"cpu": 1, "gpu": 3}) == 2
-    assert concurrent_trials({"CPU": 1.0}, {"cpu": 4}) == 1  # never zero: Tune reports what cannot be placed

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +27,53 @@ STALE_LOCK_S = 900.0  # compiling cpu_adam takes about 2 minutes on 2 busy cores
 PREBUILD_TIMEOUT_S = 1800.0
 
 
-def worker_command(spec_path: Path, ranks: int) -> list[str]:
-    """torchrun with a free rendezvous port (--standalone), as an argument list, dying with this process."""
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of a trial over several nodes meet: torchrun's static rendezvous on node 0."""
+
+    nodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """How one node's torchrun ended."""
+
+    returncode: int | None
+    timed_out: bool
+    duration_s: float
+    launch_error: str | None = None
+
+
+def worker_command(spec_path: Path, ranks: int, rendezvous: Rendezvous | None = None) -> list[str]:
+    """torchrun as an argument list, dying with this process; a free local port (--standalone) on one node."""
+    if rendezvous is None:
+        where = ["--standalone", "--nnodes", "1"]
+    else:
+        where = [
+            "--nnodes", str(rendezvous.nodes), "--node-rank", str(rendezvous.node_rank),
+            "--master-addr", rendezvous.master_addr, "--master-port", str(rendezvous.master_port),
+        ]  # fmt: skip
     return [
         sys.executable, "-m", "tuner.trial.guard", str(os.getpid()),
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks),
+        sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(ranks),
         "-m", "tuner.trial.worker", str(spec_path),
     ]  # fmt: skip
 
 
-def worker_env(accelerator: str, ranks: int) -> dict[str, str]:
-    """The environment of the ranks: the accelerator forced, CPU threads shared out between ranks."""
+def worker_env(accelerator: str, ranks: int, cpus: int | None = None) -> dict[str, str]:
+    """The environment of one node's ranks: the accelerator forced, the node's CPUs shared out between ranks.
+
+    `cpus` is what the trial holds on this node (Ray's bundle); by default the whole machine.
+    """
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     if accelerator == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // ranks))
     return env
 
 
@@ -110,35 +140,37 @@ def _exit_failure(returncode: int, log_text: str) -> tuple[str, str]:
     return failures.CRASH, f"a rank died: {how}"
 
 
-def run_trial(
+def run_node(
     spec: dict[str, Any],
-    trial_dir: Path,
+    work_dir: Path,
     *,
     ranks: int,
     accelerator: str,
     timeout_s: float,
-) -> TrialResult:
-    """Run one trial to completion, failure or timeout; never raises for the trial's own faults."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = trial_dir / "spec.json"
+    rendezvous: Rendezvous | None = None,
+    cpus: int | None = None,
+    log_name: str = "trial.log",
+) -> NodeRun:
+    """Run this node's ranks of a trial until they end or `timeout_s`; nothing of them is left running."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = work_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    log_path = trial_dir / "trial.log"
     start = time.monotonic()
-    env = worker_env(accelerator, ranks)
+    env = worker_env(accelerator, ranks, cpus)
     env["TUNER_LAUNCH_EPOCH"] = repr(time.time())
-    with log_path.open("wb") as log:
+    with (work_dir / log_name).open("wb") as log:
         try:
             proc = subprocess.Popen(
-                worker_command(spec_path, ranks),
+                worker_command(spec_path, ranks, rendezvous),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=trial_dir,
+                cwd=work_dir,
                 start_new_session=True,
             )
         except OSError as exc:
-            return TrialResult.failed(failures.LAUNCH_ERROR, failures.one_line(exc), str(log_path))
+            return NodeRun(None, False, time.monotonic() - start, failures.one_line(exc))
         timed_out = False
         try:
             proc.wait(timeout=timeout_s)
@@ -146,33 +178,62 @@ def run_trial(
             timed_out = True
         finally:
             _kill_group(proc)  # also reaps ranks that outlived torchrun
-    duration = time.monotonic() - start
-    tail = _tail(log_path)
-    if timed_out:
+    return NodeRun(proc.returncode, timed_out, time.monotonic() - start)
+
+
+def node_logs(trial_dir: Path) -> list[Path]:
+    """The trial's torchrun logs: node 0's `trial.log`, then `node<N>.log` of the other nodes."""
+    others = sorted(trial_dir.glob("node*.log"), key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else 0)
+    return [trial_dir / "trial.log", *others]
+
+
+def outcome(spec: dict[str, Any], trial_dir: Path, run: NodeRun, *, ranks: int, timeout_s: float) -> TrialResult:
+    """The TrialResult from what the ranks left in `trial_dir` (every node's files brought together there)."""
+    log_path = trial_dir / "trial.log"
+    if run.launch_error is not None:
+        return TrialResult.failed(failures.LAUNCH_ERROR, run.launch_error, str(log_path))
+    tail = "\n".join(
+        f"--- {p.name} ---\n{_tail(p)}" if p.name != "trial.log" else _tail(p) for p in node_logs(trial_dir)
+    )
+    if run.timed_out:
         return TrialResult.failed(
             failures.TIMEOUT,
             f"no result after trial.timeout_s={timeout_s:g}s; all ranks killed",
             str(log_path),
             tail,
-            duration,
+            run.duration_s,
         )
     result_path = trial_dir / "result.json"
-    if proc.returncode == 0 and result_path.is_file():
+    if run.returncode == 0 and result_path.is_file():
         raw = json.loads(result_path.read_text())
-        figures = figures_from_worker(raw, spec, duration)
-        return TrialResult(figures, None, None, str(log_path), "", duration)
+        figures = figures_from_worker(raw, spec, run.duration_s)
+        return TrialResult(figures, None, None, str(log_path), "", run.duration_s)
     found = _rank_failure(trial_dir)
-    log_text = log_path.read_text(errors="replace")
+    log_text = "\n".join(p.read_text(errors="replace") for p in node_logs(trial_dir) if p.is_file())
     if found is not None and found[0] != failures.OOM and _killed_silently(trial_dir, ranks, log_text):
         found = None  # a rank was SIGKILLed without a word: the peers' collective errors are its consequence
     if found is not None:  # the failing rank's own traceback first, then the interleaved log of all ranks
         category, reason, traceback = found
         tail = f"{traceback.strip()}\n--- trial log ---\n{tail}" if traceback.strip() else tail
-    elif proc.returncode == 0:
+    elif run.returncode == 0:
         category, reason = failures.CRASH, "the ranks exited without writing a result"
     else:
-        category, reason = _exit_failure(proc.returncode, log_text)
-    return TrialResult.failed(category, reason, str(log_path), tail, duration)
+        category, reason = _exit_failure(run.returncode or 1, log_text)
+    return TrialResult.failed(category, reason, str(log_path), tail, run.duration_s)
+
+
+def run_trial(
+    spec: dict[str, Any],
+    trial_dir: Path,
+    *,
+    ranks: int,
+    accelerator: str,
+    timeout_s: float,
+    cpus: int | None = None,
+) -> TrialResult:
+    """Run a one-node trial to completion, failure or timeout; never raises for the trial's own faults."""
+    run = run_node(spec, trial_dir, ranks=ranks, accelerator=accelerator, timeout_s=timeout_s, cpus=cpus)
+    return outcome(spec, trial_dir, run, ranks=ranks, timeout_s=timeout_s)
 
 
 def _extensions_root() -> Path:
