@@ -22,6 +22,7 @@ def estimate_setup(space: Space, accelerator: str) -> Setup:
     """The memory model's inputs that come from the space (not the point)."""
     return Setup(
         ranks=space.hardware.gpus_per_trial,
+        ranks_per_node=space.hardware.ranks_per_node,  # host memory is per node: a trial over 4 nodes has 1/4 each
         sequence_length=space.data.sequence_length,
         precision=space.training.precision,
         accelerator="cuda" if accelerator == "cuda" else "cpu",

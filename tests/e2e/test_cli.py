@@ -199,6 +199,7 @@ BAD_INPUTS = [
     ({"space": {"micro_batch_size": [3]}}, "space: no valid point"),
     ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage"),
     ({"trial": {"measure_steps": 5, "max_measure_steps": 2}}, "trial.max_measure_steps: must be at least"),
+    ({"hardware": {"gpus_per_trial": 2, "nodes_per_trial": 2}}, "hardware.nodes_per_trial: a trial needs 2 nodes"),
 ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
@@ -200,3 +201,55 @@ def test_two_searches_share_a_two_node_cluster_and_postgresql(
         for name in (span_name, second_name):
             with contextlib.suppress(KeyError):  # a search that failed early made no study
                 optuna.delete_study(study_name=name, storage=postgres)
+
+
+SPANNING_TRIAL = """
+import dataclasses, json, sys
+from pathlib import Path
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from tuner.trial.nodes import run_spanning_trial
+
+address, spec_path, trial_dir = sys.argv[1:]
+ray.init(address=address, logging_level="ERROR")
+spec = json.loads(Path(spec_path).read_text())
+bundles = [{"CPU": 1.0}, {"CPU": 1.0}]
+group = placement_group(bundles, strategy="STRICT_SPREAD")
+ray.get(group.ready())
+
+@ray.remote(num_cpus=1)
+def trial():
+    result = run_spanning_trial(spec, Path(trial_dir), bundles=bundles, ranks_per_node=1, accelerator="cpu",
+                                timeout_s=180)
+    return dataclasses.asdict(result)
+
+where = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                         placement_group_capture_child_tasks=True)
+print(json.dumps(ray.get(trial.options(scheduling_strategy=where).remote())))
+"""
+
+
+def test_a_spanning_trial_that_fails_brings_back_every_nodes_error_and_leaves_no_rank(
+    tmp_path: Path, cluster: dict[str, str], cpu_ops: None
+) -> None:
+    from tests.integration.test_trials import processes_of, spec_for
+    from tuner.points import Point
+
+    spec = spec_for(Point(2, 1), precision="fp32", measure_steps=1)
+    spec["ds_config"]["train_batch_size"] = 9  # not micro x accumulation x ranks: DeepSpeed refuses it on every rank
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    trial_dir = tmp_path / "trial"
+    done = subprocess.run([sys.executable, "-c", SPANNING_TRIAL, cluster["address"], str(tmp_path / "spec.json"),
+                           str(trial_dir)], env=env(), capture_output=True, text=True, timeout=600, check=False,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["failure_category"] == "invalid_config", result
+    assert "train_batch_size" in result["failure_reason"]
+    assert sorted(node_id(n) for n in result["nodes"]) == sorted([cluster["head"][:8], cluster["second"][:8]])
+    assert {"error_rank0.json", "error_rank1.json", "node1.log", "trial.log"} <= {p.name for p in trial_dir.iterdir()}
+    assert "--- node1.log ---" in result["log_tail"]  # the other node's log is part of what the store keeps
+    assert not processes_of(trial_dir)
+    remote = [q for q in psutil.process_iter(["cmdline"]) if "tuner-node-" in " ".join(q.info["cmdline"] or [])]
+    assert not remote, remote  # nor on node 1, whose ranks ran in a scratch folder

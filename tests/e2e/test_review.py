@@ -48,6 +48,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, cpu_ops: None) -> Path:
     space = write_space(folder, REVIEW)
     first = tuner("search", str(space), cwd=folder)
     assert first.returncode == 0, first.stdout + first.stderr
+    (folder / "first-search.txt").write_text(first.stdout)
     forced = tuner("search", str(space), "--no-prune", cwd=folder)
     assert forced.returncode == 0, forced.stdout + forced.stderr
     return folder
@@ -59,6 +60,30 @@ def url_of(folder: Path) -> str:
 
 def load(folder: Path) -> optuna.Study:
     return optuna.load_study(study_name="review", storage=url_of(folder))
+
+
+def test_what_the_memory_model_prunes_never_runs_and_no_prune_proves_it_out_of_memory(
+    study_dir: Path, tmp_path: Path
+) -> None:
+    plan = json.loads(tuner("plan", str(study_dir / "space.yaml"), "--json", cwd=tmp_path).stdout)
+    verdict = {row["label"]: row["fits"] for row in plan["points"]}
+    assert verdict == {"mb1 z0": True, "mb1 z2": True, "mb8 z0": False, "mb8 z2": False}
+    first = (study_dir / "first-search.txt").read_text()
+    assert "pruned trial" in first and "mb8 z0" in first
+
+    trials = load(study_dir).trials
+    for trial in trials:
+        point, state = trial.user_attrs["point"], trial.state
+        if point.startswith("mb1"):
+            assert state == TrialState.COMPLETE and 0 < trial.user_attrs["peak_mem_gb"] <= 0.75
+            assert trial.user_attrs["predicted_mem_gb"] > 0
+        elif state == TrialState.PRUNED:  # the first search: never launched, with the prediction and reason
+            assert "log_path" not in trial.user_attrs and trial.user_attrs["predicted_mem_gb"] > 0.75
+            assert "over the budget" in trial.user_attrs["prune_reason"]
+        else:  # --no-prune launched it, and it ran out of memory
+            assert state == TrialState.FAIL and trial.user_attrs["failure_category"] == "oom", trial.user_attrs
+    forced = [t.user_attrs["point"] for t in trials if t.state == TrialState.FAIL]
+    assert sorted(forced) == ["mb8 z0", "mb8 z2"]  # each launched once
 
 
 def test_results_in_every_format_best_first(study_dir: Path, tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ CASES: list[tuple[str, Any, str]] = [
     ("storage", "postgresql://nobody@127.0.0.1:1/none", "storage: cannot open storage"),
     ("study", "../escape", "study: must be at most 128 characters"),
     ("hardware.device_memory_gb", -1, "hardware.device_memory_gb"),
+    ("hardware.nodes_per_trial", 3, "hardware.nodes_per_trial: must divide gpus_per_trial (2)"),
+    ("hardware.ray_resources", {"GPU": 1}, "hardware.ray_resources: 'GPU' is set by gpus_per_trial"),
 ]
 
 
@@ -124,6 +126,7 @@ def test_a_file_that_is_not_a_space_is_rejected(text: str, message: str, runner:
         (["search", "missing.yaml"], "missing.yaml: no such space file"),
         (["search", "space.yaml", "--study", "a/b"], "--study: must be at most 128 characters"),
         (["search", "space.yaml", "--storage", "sqlite3:/x"], "--storage"),
+        (["search", "space.yaml", "--address", "127.0.0.1:1"], "--address: no Ray cluster answers at 127.0.0.1:1"),
         (["results", "--study", "x", "--storage", "nosuch://x"], "--storage"),
         (["export", "--study", "x", "--output", "o.json", "--storage", UNREACHABLE], "--storage: cannot open storage"),
     ],

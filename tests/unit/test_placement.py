@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import REPO
 from tuner.placement import PACK, SPREAD, TrialShape, concurrent_trials, describe_nodes, strategy, trial_bundles
 
 NODE_8GPU = {"CPU": 96.0, "GPU": 8.0, "memory": 1e12, "node:10.0.0.1": 1.0}
@@ -51,3 +52,13 @@ def test_the_cluster_is_described_without_memory_or_node_labels() -> None:
     shown = describe_nodes([NODE_8GPU, {"CPU": 2.0, "second": 2.0}])
     assert shown == "node 1: CPU=96, GPU=8; node 2: CPU=2, second=2"
     assert describe_nodes([]) == "no nodes"
+
+
+def test_a_trial_over_four_nodes_needs_a_quarter_of_the_host_memory_per_node() -> None:
+    from tuner.plan import estimate_setup
+    from tuner.space import load_space
+
+    spanning = load_space(REPO / "search_spaces" / "llama-70b-4x8gpu.yaml")
+    one_node = spanning.model_copy(update={"hardware": spanning.hardware.model_copy(update={"nodes_per_trial": 1})})
+    assert spanning.hardware.ranks_per_node == 8
+    assert estimate_setup(spanning, "cuda").per_node == 8 and estimate_setup(one_node, "cuda").per_node == 32
