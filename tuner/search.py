@@ -22,10 +22,11 @@ import optuna
 from tuner.comm import comm_budget
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
+from tuner.orphans import reclaim_orphans
 from tuner.placement import TrialShape, concurrent_trials, describe_nodes, strategy, trial_bundles
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
-from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher, reclaim_orphans
+from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.failures import one_line

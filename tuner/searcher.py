@@ -17,18 +17,17 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import optuna
-import psutil
 from optuna.trial import Trial, TrialState
 from ray.tune.search import Searcher
 
 from tuner import comm as comm_knobs
 from tuner import guided
+from tuner.orphans import INTERRUPTED, OWNER, owner_tag
 from tuner.plan import MemoryPlanner, Planned
 from tuner.points import COMM_PREFIX, Point
 from tuner.result import TrialResult
@@ -37,7 +36,6 @@ from tuner.store import REPEAT_OF, measured_memory, measured_trials
 from tuner.trial import failures
 
 RESULT_KEY = "tuner_result"
-INTERRUPTED = "interrupted"
 _TPE_TRIES = 20
 _STOP = "stop"  # the guided sampler's verdict: nothing left can plausibly beat the best
 _WAIT = "wait"  # the communication phase and re-measurements wait for the trials in flight
@@ -95,49 +93,6 @@ def _measured(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         for t in measured_trials(study, (TrialState.COMPLETE, TrialState.FAIL))
         if t.params and t.user_attrs.get("failure_category") != INTERRUPTED
     ]
-
-
-OWNER = "owner"  # host:pid:start time of the `tuner search` that asked for the trial
-
-
-def owner_tag() -> str:
-    """This process as the owner of the trials it asks for (a pid alone can be reused after a crash)."""
-    me = psutil.Process()
-    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.0f}"
-
-
-def owner_alive(tag: str) -> bool | None:
-    """Whether the search that owns a RUNNING trial still runs; None when it ran on another host."""
-    try:
-        host, pid, started = tag.rsplit(":", 2)
-        if host != socket.gethostname():
-            return None
-        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 2
-    except (ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def reclaim_orphans(study: optuna.Study) -> tuple[list[int], list[int]]:
-    """Trials left RUNNING by a search that was killed end as FAIL `interrupted`, so their points run again.
-
-    Returns the trials reclaimed, and those left RUNNING because their search may still run on another host.
-    """
-    reclaimed, foreign = [], []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        tag = t.user_attrs.get(OWNER)
-        alive = owner_alive(tag) if isinstance(tag, str) else False
-        if alive is None:
-            foreign.append(t.number)
-            continue
-        if alive:
-            continue  # another search on this machine is running it
-        storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "failure_category", INTERRUPTED)
-        why = f"the tuner search that ran it ({tag or 'unknown'}) ended without recording it"
-        storage.set_trial_user_attr(t._trial_id, "failure_reason", why)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        reclaimed.append(t.number)
-    return reclaimed, foreign
 
 
 def pruned_points(study: optuna.Study) -> set[Point]:

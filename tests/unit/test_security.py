@@ -13,7 +13,7 @@ import psutil
 from optuna.trial import TrialState
 
 from tests.conftest import REPO
-from tuner.searcher import INTERRUPTED, OWNER, owner_tag, reclaim_orphans
+from tuner.orphans import INTERRUPTED, OWNER, owner_tag, reclaim_orphans
 from tuner.trial.launch import worker_command
 
 SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"), ("subprocess", "getstatusoutput")}
