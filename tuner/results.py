@@ -28,7 +28,7 @@ FIGURES = (
     "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",
     "predicted_raw_mem_gb", "predicted_host_mem_gb", "final_loss", "trial_duration_s", "fixed_overhead_s",
 )  # fmt: skip
-TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path")
+TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host")
 STATE_ORDER = {"COMPLETE": 0, "RUNNING": 1, "FAIL": 2, "PRUNED": 3, "WAITING": 4}
 
 
@@ -58,6 +58,7 @@ def _row(trial: FrozenTrial, names: list[str], front: set[int], means: dict[int,
         row[key] = float(value) if isinstance(value, (int, float)) else None
     for key in TEXT:
         row[key] = a.get(key)
+    row["nodes"] = " ".join(a.get("nodes") or []) or None  # where the ranks ran, node 0 first
     row["on_pareto_front"] = trial.number in front if len(names) > 1 else None
     row["started"] = trial.datetime_start
     row["completed"] = trial.datetime_complete

@@ -175,6 +175,7 @@ def test_two_searches_share_a_two_node_cluster_and_postgresql(
         assert table.returncode == 0, table.stderr
         rows = json.loads(table.stdout)
         assert len(rows) == len(studies[span_name].trials)
+        assert all(row["nodes"].count("(") == 2 and row["log_host"] for row in rows)  # the table says where
         exported = tuner("export", "--study", span_name, "--output", str(tmp_path / "out" / "ds_config.json"),
                          cwd=tmp_path)  # fmt: skip
         assert exported.returncode == 0, exported.stderr
