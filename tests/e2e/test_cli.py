@@ -160,6 +160,7 @@ def test_a_two_objective_search_keeps_a_pareto_front_in_the_store(tmp_path: Path
     raw = {
         **SPACE,
         "study": "pareto",
+        "hardware": {"gpus_per_trial": 1},  # one rank: trials start faster
         "space": {"micro_batch_size": [1, 4], "zero_stage": [0, 2]},
         "search": {"objective": ["tokens_per_s", "peak_mem_gb"], "max_trials": 3, "seed": 1},
     }
