@@ -99,7 +99,8 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def tail_of(path: Path, lines: int = 40) -> str:
+    """The last lines of a log, or nothing when it cannot be read."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -193,7 +194,7 @@ def outcome(spec: dict[str, Any], trial_dir: Path, run: NodeRun, *, ranks: int, 
     if run.launch_error is not None:
         return TrialResult.failed(failures.LAUNCH_ERROR, run.launch_error, str(log_path))
     tail = "\n".join(
-        f"--- {p.name} ---\n{_tail(p)}" if p.name != "trial.log" else _tail(p) for p in node_logs(trial_dir)
+        f"--- {p.name} ---\n{tail_of(p)}" if p.name != "trial.log" else tail_of(p) for p in node_logs(trial_dir)
     )
     if run.timed_out:
         return TrialResult.failed(

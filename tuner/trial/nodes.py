@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.result import TrialResult
-from tuner.trial.launch import NodeRun, Rendezvous, _tail, outcome, prebuild_ops, run_node
+from tuner.trial.launch import NodeRun, Rendezvous, outcome, prebuild_ops, run_node, tail_of
 
 REMOTE_GRACE_S = 60.0  # after node 0's ranks end, how long the other nodes get to end theirs and report
 MAX_FILE_BYTES = 4 * 1024**2  # a log is cut to its last 4 MB when it travels between nodes
@@ -152,7 +152,7 @@ def _prebuild_here(accelerator: str, need_cpu_adam: bool) -> tuple[str, str | No
     problem = prebuild_ops(accelerator, need_cpu_adam, scratch / "prebuild_ops.log")
     if problem:  # the log goes with the scratch folder: keep its last line in the message
         problem = problem.replace(
-            str(scratch / "prebuild_ops.log"), "the log's end: " + _tail(scratch / "prebuild_ops.log", 1)
+            str(scratch / "prebuild_ops.log"), "the log's end: " + tail_of(scratch / "prebuild_ops.log", 1)
         )
     shutil.rmtree(scratch, ignore_errors=True)
     return node_name(), problem
