@@ -81,9 +81,13 @@ def concurrent_trials(nodes: Sequence[Mapping[str, float]], bundles: Sequence[Ma
     return best
 
 
+def describe_resources(resources: Mapping[str, float]) -> str:
+    """One node's or bundle's resources as `CPU=2, GPU=8, h100_node=1` (no memory sizes or node labels)."""
+    hidden = ("memory", "object_store_memory")
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()) if ":" not in k and k not in hidden)
+
+
 def describe_nodes(nodes: Sequence[Mapping[str, float]]) -> str:
     """The cluster's nodes in one line, for the error when a trial cannot be placed."""
-    hidden = ("memory", "object_store_memory")
-    shown = [", ".join(f"{k}={v:g}" for k, v in sorted(n.items()) if ":" not in k and k not in hidden)
-             for n in nodes]  # fmt: skip
-    return "; ".join(f"node {i + 1}: {s or 'nothing'}" for i, s in enumerate(shown)) or "no nodes"
+    shown = [describe_resources(node) or "nothing" for node in nodes]
+    return "; ".join(f"node {i + 1}: {s}" for i, s in enumerate(shown)) or "no nodes"

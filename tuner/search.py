@@ -18,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RDBStorage
 
 from tuner.comm import comm_budget
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
 from tuner.orphans import reclaim_orphans
-from tuner.placement import TrialShape, concurrent_trials, describe_nodes, strategy, trial_bundles
+from tuner.placement import (
+    TrialShape,
+    concurrent_trials,
+    describe_nodes,
+    describe_resources,
+    strategy,
+    trial_bundles,
+)
 from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
@@ -127,11 +135,8 @@ def _trainable(config: dict[str, Any], context: TrialContext) -> None:
                 spec, folder, ranks=space.hardware.gpus_per_trial, accelerator=context.accelerator,
                 timeout_s=space.trial.timeout_s, cpus=cpus,
             ).placed([node_name()])  # fmt: skip
-        if scratch is not None:
-            head_folder = ship_to_head(folder, context.head_node, context.run_dir / name)
-            result = result.moved(str(Path(head_folder) / "trial.log"), context.head_host)
-        else:
-            result = result.moved(str(folder / "trial.log"), context.head_host)
+        on_disk = folder if scratch is None else Path(ship_to_head(folder, context.head_node, context.run_dir / name))
+        result = result.moved(str(on_disk / "trial.log"), context.head_host)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -167,10 +172,10 @@ def memory_planner(space: Space, accelerator: str, prune: bool | None = None) ->
     )
 
 
-def create_study(space: Space) -> optuna.Study:
+def create_study(space: Space, storage: RDBStorage | None = None) -> optuna.Study:
     """The study in the space's storage (created or continued), with the resolved space kept on it."""
     assert space.study is not None and space.storage is not None
-    storage = open_storage(space.storage)
+    storage = storage or open_storage(space.storage)
     sampler = optuna.samplers.TPESampler(seed=space.search.seed)
     study = optuna.create_study(
         study_name=space.study, storage=storage, directions=space.directions, sampler=sampler, load_if_exists=True
@@ -234,7 +239,7 @@ def placement(space: Space, accelerator: str, address: str | None) -> tuple[list
     at_once = concurrent_trials(nodes, bundles)
     if at_once == 0:
         key = "hardware.nodes_per_trial" if len(bundles) > 1 else "hardware.gpus_per_trial"
-        bundle = describe_nodes([bundles[0]]).removeprefix("node 1: ")
+        bundle = describe_resources(bundles[0])
         need = f"{len(bundles)} nodes with {bundle} each" if len(bundles) > 1 else f"a node with {bundle}"
         raise SpaceError(key, f"a trial needs {need}; the Ray cluster has {describe_nodes(nodes)}")
     return bundles, at_once
@@ -270,13 +275,13 @@ def run_search(
     enumeration = enumerate_points(space)
     accelerator = detect_accelerator(space)
     ranks = space.hardware.gpus_per_trial
-    if not space.storage.startswith("sqlite"):
-        open_storage(space.storage)  # an unreachable store is reported before Ray starts
+    # An unreachable store is reported before Ray starts (a SQLite file is opened only once nothing can fail).
+    storage = None if space.storage.startswith("sqlite") else open_storage(space.storage)
     connect_ray(address, accelerator, ranks)  # before anything is written: a trial that cannot be placed
     if address:  # is bad input
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
-    study = create_study(space)
+    study = create_study(space, storage)
     study.set_user_attr("space_file", str(space_path.resolve()))
     study.set_user_attr("space_yaml", redact_text(space_path.read_text()))
     study.set_user_attr("accelerator", accelerator)
