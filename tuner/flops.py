@@ -5,24 +5,35 @@ backward pass, where N counts the parameters that take part in matrix multiplies
 embedding lookups, plus the output projection when it is tied to the input embedding: the logits are
 still computed), L layers, h hidden size, s sequence length. Full activation checkpointing recomputes
 the forward once more, so the hardware does 8·N + 16·L·h·s; MFU uses the model figure, as PaLM defines it.
+
+Peaks are dense (no sparsity) per-GPU figures. "fp32" is the plain FP32 (non-tensor-core) peak: torch
+leaves TF32 off for matmuls by default (torch.backends.cuda.matmul.allow_tf32 is False), so fp32 matmuls
+run on the FP32 units. A job that turns TF32 on should set hardware.peak_tflops itself.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-# Dense (no sparsity) tensor-core peaks per GPU in TFLOP/s, from NVIDIA's data sheets; fp32 means TF32
-# tensor cores, which PyTorch uses for fp32 matmuls only when allowed, so fp32 MFU is an upper figure.
-# Longer names first: "L4" must not match an L40S.
+# (regular expression over the upper-cased torch.cuda.get_device_name, {precision: TFLOP/s}) from NVIDIA's
+# data sheets. The first match wins, so specific names come first; word boundaries keep "L4" off an L40,
+# "A10" off an A100 and "H200" off a GH200. An unlisted GPU (B200, V100S, ...) gets None.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5}),
-    ("H100", {"bf16": 989.0, "fp16": 989.0, "fp32": 494.5}),  # SXM; the PCIe card is lower (756)
-    ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0}),
-    ("L40S", {"bf16": 362.0, "fp16": 362.0, "fp32": 183.0}),
-    ("A10G", {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5}),  # no public sheet: the A10's (same GA102 part)
-    ("A10", {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5}),
-    ("L4", {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0}),
-    ("V100", {"fp16": 125.0, "fp32": 15.7}),
+    (r"\bH100\b.*\bPCIE\b", {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0}),
+    (r"\bH100\b.*\bNVL\b", {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
+    (r"\bGH200\b", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
+    (r"\bH200\b.*\bNVL\b", {"bf16": 835.0, "fp16": 835.0, "fp32": 60.0}),
+    (r"\bH200\b", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),  # SXM
+    (r"\bH100\b", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),  # SXM
+    (r"\bA100\b", {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5}),  # SXM and PCIe alike
+    (r"\bL40S\b", {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6}),
+    (r"\bL40\b", {"bf16": 181.0, "fp16": 181.0, "fp32": 90.5}),
+    (r"\bL4\b", {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3}),
+    (r"\bA10G\b", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),  # no public sheet: the A10's (same GA102 part)
+    (r"\bA10\b", {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2}),
+    (r"\bV100\b.*\bPCIE\b", {"fp16": 112.0, "fp32": 14.0}),  # no bf16 on V100
+    (r"\bV100\b", {"fp16": 125.0, "fp32": 15.7}),  # SXM2
 )
 
 
@@ -46,8 +57,8 @@ def flops_per_token(
 def peak_tflops(device_name: str, precision: str) -> float | None:
     """The table's peak for a device name (as torch.cuda.get_device_name gives it), or None."""
     upper = device_name.upper()
-    for key, peaks in PEAK_TFLOPS:
-        if key in upper:
+    for pattern, peaks in PEAK_TFLOPS:
+        if re.search(pattern, upper):
             return peaks.get(precision)
     return None
 

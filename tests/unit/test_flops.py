@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tuner.flops import flops_per_token, peak_tflops, work_figures
+from tuner.flops import PEAK_TFLOPS, flops_per_token, peak_tflops, work_figures
 from tuner.result import GB, figures_from_worker
 from tuner.workload.hf_causal_lm import build_config, model_facts
 
@@ -53,20 +55,70 @@ def test_mfu_against_the_h100_peak_by_hand() -> None:
     assert "mfu" not in work_figures(1.0, 1, per_token, None)
 
 
-@pytest.mark.parametrize(
-    ("name", "precision", "peak"),
-    [
-        ("NVIDIA H200", "bf16", 989.0),
-        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
-        ("NVIDIA L4", "fp16", 121.0),
-        ("NVIDIA L40S", "bf16", 362.0),
-        ("NVIDIA A10G", "bf16", 125.0),
-        ("Tesla V100-SXM2-32GB", "bf16", None),  # no bf16 on V100
-        ("cpu", "bf16", None),
-    ],
-)
+# Real torch.cuda.get_device_name strings, one case per (row, precision) of the table, figures typed from
+# the data sheets rather than read from the table.
+PEAK_CASES: list[tuple[str, str, float | None]] = [
+    ("NVIDIA H100 PCIe", "bf16", 756.0),
+    ("NVIDIA H100 PCIe", "fp16", 756.0),
+    ("NVIDIA H100 PCIe", "fp32", 51.0),
+    ("NVIDIA H100 NVL", "bf16", 835.0),
+    ("NVIDIA H100 NVL", "fp16", 835.0),
+    ("NVIDIA H100 NVL", "fp32", 60.0),
+    ("NVIDIA GH200 480GB", "bf16", 989.0),
+    ("NVIDIA GH200 480GB", "fp16", 989.0),
+    ("NVIDIA GH200 480GB", "fp32", 67.0),
+    ("NVIDIA H200 NVL", "bf16", 835.0),
+    ("NVIDIA H200 NVL", "fp16", 835.0),
+    ("NVIDIA H200 NVL", "fp32", 60.0),
+    ("NVIDIA H200", "bf16", 989.0),
+    ("NVIDIA H200", "fp16", 989.0),
+    ("NVIDIA H200", "fp32", 67.0),
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+    ("NVIDIA H100 80GB HBM3", "fp16", 989.0),
+    ("NVIDIA H100 80GB HBM3", "fp32", 67.0),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "fp16", 312.0),
+    ("NVIDIA A100 80GB PCIe", "fp32", 19.5),
+    ("NVIDIA L40S", "bf16", 362.0),
+    ("NVIDIA L40S", "fp16", 362.0),
+    ("NVIDIA L40S", "fp32", 91.6),
+    ("NVIDIA L40", "bf16", 181.0),  # not the L4's 121
+    ("NVIDIA L40", "fp16", 181.0),
+    ("NVIDIA L40", "fp32", 90.5),
+    ("NVIDIA L4", "bf16", 121.0),
+    ("NVIDIA L4", "fp16", 121.0),
+    ("NVIDIA L4", "fp32", 30.3),
+    ("NVIDIA A10G", "bf16", 125.0),
+    ("NVIDIA A10G", "fp16", 125.0),
+    ("NVIDIA A10G", "fp32", 31.2),
+    ("NVIDIA A10", "bf16", 125.0),
+    ("NVIDIA A10", "fp16", 125.0),
+    ("NVIDIA A10", "fp32", 31.2),
+    ("Tesla V100-PCIE-16GB", "fp16", 112.0),
+    ("Tesla V100-PCIE-16GB", "fp32", 14.0),
+    ("Tesla V100-SXM2-32GB", "fp16", 125.0),
+    ("Tesla V100-SXM2-32GB", "fp32", 15.7),
+    ("Tesla V100-SXM2-32GB", "bf16", None),  # no bf16 on V100
+    ("Tesla V100-PCIE-16GB", "bf16", None),
+    ("cpu", "bf16", None),
+    ("NVIDIA B200", "bf16", None),  # not in the table
+]
+
+
+@pytest.mark.parametrize(("name", "precision", "peak"), PEAK_CASES)
 def test_peak_table(name: str, precision: str, peak: float | None) -> None:
     assert peak_tflops(name, precision) == peak
+
+
+def test_every_row_and_precision_of_the_peak_table_is_tested() -> None:
+    """A new row (or precision) must come with a device name in PEAK_CASES that reaches it."""
+
+    def first_row(name: str) -> int | None:
+        return next((i for i, (pattern, _) in enumerate(PEAK_TFLOPS) if re.search(pattern, name.upper())), None)
+
+    tested = {(first_row(name), precision) for name, precision, peak in PEAK_CASES if peak is not None}
+    listed = {(i, precision) for i, (_, peaks) in enumerate(PEAK_TFLOPS) for precision in peaks}
+    assert listed - tested == set()
 
 
 def test_figures_from_a_worker_result_agree_with_each_other() -> None:
