@@ -28,10 +28,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tuner.dsconfig import jit_ops  # noqa: E402
 from tuner.points import Point, enumerate_points  # noqa: E402
 from tuner.search import detect_accelerator, ds_configs_for, trial_spec  # noqa: E402
 from tuner.space import Space, load_space  # noqa: E402
-from tuner.trial.launch import prebuild_ops, run_trial  # noqa: E402
+from tuner.trial.launch import run_trial  # noqa: E402
+from tuner.trial.ops import prebuild_ops  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -91,7 +93,8 @@ def main() -> None:
     step = max(1, len(points) // args.configs)
     chosen = points[::step][: args.configs]
     tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
-    prebuild_ops(accelerator, True, tmp / "prebuild.log")
+    configs = ds_configs_for(space, tuple(points), accelerator)
+    prebuild_ops(accelerator, set().union(*(jit_ops(c, accelerator) for c in configs.values())), tmp / "prebuild.log")
     started = time.monotonic()
 
     startup = first_launch_s(args.space.resolve(), tmp)

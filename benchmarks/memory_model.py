@@ -26,12 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tuner.calibration import Measured, calibrate  # noqa: E402
+from tuner.dsconfig import jit_ops  # noqa: E402
 from tuner.estimate import GB, estimate  # noqa: E402
 from tuner.plan import DEFAULT_MARGIN, estimate_setup  # noqa: E402
 from tuner.points import Point, enumerate_points  # noqa: E402
 from tuner.search import detect_accelerator, ds_configs_for, trial_spec  # noqa: E402
 from tuner.space import load_space  # noqa: E402
-from tuner.trial.launch import prebuild_ops, run_trial  # noqa: E402
+from tuner.trial.launch import run_trial  # noqa: E402
+from tuner.trial.ops import prebuild_ops  # noqa: E402
 from tuner.workload.hf_causal_lm import model_shape  # noqa: E402
 
 DEFAULT_SPACES = ["search_spaces/quickstart-cpu.yaml", "benchmarks/spaces/gpt2-small-memory-cpu.yaml"]
@@ -44,7 +46,7 @@ def measure_space(path: Path, work: Path, limit: int | None) -> dict[str, Any]:
     accelerator = detect_accelerator(space)
     points = list(enumerate_points(space).valid)[:limit]
     configs = ds_configs_for(space, tuple(points), accelerator)
-    prebuild_ops(accelerator, any(p.offload_optimizer == "cpu" for p in points), work / "prebuild.log")
+    prebuild_ops(accelerator, set().union(*(jit_ops(c, accelerator) for c in configs.values())), work / "prebuild.log")
     rows: list[dict[str, Any]] = []
     for index, point in enumerate(points):
         spec = trial_spec(space, point, configs[point])

@@ -31,9 +31,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cpu_ops(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Compile DeepSpeed's shm-comm and cpu_adam ops once (cached across runs), as `tuner search` does."""
-    from tuner.trial.launch import prebuild_ops
+    from tuner.trial.ops import prebuild_ops
 
-    problem = prebuild_ops("cpu", True, tmp_path_factory.mktemp("ops") / "prebuild.log")
+    problem = prebuild_ops("cpu", ["deepspeed_shm_comm", "cpu_adam"], tmp_path_factory.mktemp("ops") / "prebuild.log")
     assert problem is None, problem
 
 

@@ -66,7 +66,8 @@ class Measured:
     """A completed trial's point and memory figures, for calibration and the never-prune-what-fitted rule."""
 
     point: Point
-    peak_gb: float
+    peak_gb: float  # what the budget enforces: on a GPU the allocator's reserved peak, on CPU the peak RSS
+    overhead_gb: float = 0.0  # on a GPU, what lived outside the allocator (CUDA context, NCCL buffers)
 
 
 Family = tuple[int, str, str]  # ZeRO stage, optimizer offload, parameter offload

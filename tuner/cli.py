@@ -92,7 +92,8 @@ class _Progress:
             spans = f", each over {data['nodes_per_trial']} nodes" if data.get("nodes_per_trial", 1) > 1 else ""
             out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold){spans}")
         elif kind == "prebuild":
-            out.print("preparing DeepSpeed ops (compiled once, cached for later runs) ...")
+            names = ", ".join(data.get("ops") or []) or "none needed"
+            out.print(f"preparing DeepSpeed ops: {names} (prebuilt, or compiled once and cached) ...", markup=False)
         elif kind == "warning":
             err.print(f"warning: {data['message']}", markup=False)
         elif kind == "end":
@@ -259,7 +260,7 @@ def search(
 def _plan_table(plan: Any) -> Table:
     from tuner.estimate import GB
 
-    title = f"memory per device (GB), budget {_fmt(plan.budget.device_gb, 1)} GB +{plan.budget.margin:.0%}"
+    title = f"memory per device (GB of 2^30 bytes), budget {plan.budget.describe()} +{plan.budget.margin:.0%}"
     table = Table(title=title, title_justify="left")
     numeric = ("peak", "params", "grads", "optim", "activ", "logits", "buffers", "runtime", "host/node", "GFLOP/tok")
     for name in ("point", "fits", *numeric):
@@ -327,8 +328,8 @@ def plan(
     """Predict every point's memory and FLOPs from the architecture alone; nothing runs, no GPU needed."""
     import json
 
-    from tuner.calibration import calibrate
-    from tuner.plan import Budget, estimate_setup, plan_space, prune_margin
+    from tuner.calibration import Measured, calibrate
+    from tuner.plan import device_budget, estimate_setup, plan_space, prune_margin
     from tuner.points import enumerate_points
     from tuner.search import detect_accelerator, memory_budget
     from tuner.space import DEFAULT_STORAGE, load_space
@@ -343,14 +344,17 @@ def plan(
         shape = model_shape(space.model_config_dict)
         setup = estimate_setup(space, kind)
         calibrations = None
+        measured: list[Measured] = []
         if study is not None:
             from tuner.store import load_study, measured_memory, open_storage
 
             found = load_study(open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage"), study)
-            calibrations = calibrate(shape, setup, measured_memory(found))
+            measured = measured_memory(found)
+            calibrations = calibrate(shape, setup, measured)
     except SpaceError as exc:
         _fail(exc)
-    budget = Budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind))
+    budget = device_budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind), kind)
+    budget = budget.with_measured_overhead([m.overhead_gb for m in measured])
     result = plan_space(shape, setup, enumeration, budget, calibrations)
     if as_json:
         out.print(json.dumps(_plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
@@ -389,6 +393,9 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", help="deepspeed (a ds_config.json) or hf (Trainer/Accelerate + arguments).")
     ] = "deepspeed",
+    accelerator: Annotated[
+        str | None, typer.Option(help="cuda or cpu: write the config for this device kind (default: the study's).")
+    ] = None,
 ) -> None:
     """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
@@ -399,7 +406,7 @@ def export(
     url = storage or DEFAULT_STORAGE
     try:
         found = load_study(open_storage(url, "--storage"), study)
-        done = do_export(found, url, output, trial, world_size, fmt)
+        done = do_export(found, url, output, trial, world_size, fmt, accelerator)
     except SpaceError as exc:
         _fail(exc)
     chosen = done.trial

@@ -77,12 +77,68 @@ def build_ds_config(
     config = _merge(config, tuned)
     if "activation_checkpointing" not in tuned:
         config.pop("activation_checkpointing", None)
-    optimizer = config["optimizer"]
-    if (
-        accelerator == "cpu"
-        and point.offload_optimizer == "none"
-        and str(optimizer.get("type", "")).lower() in _ADAM_TYPES
-    ):
-        # FusedAdam is a GPU kernel; on CPU torch's own AdamW is the equivalent that runs.
-        optimizer.setdefault("params", {})["torch_adam"] = True
-    return config
+    return retarget(config, accelerator, base)[0]
+
+
+def retarget(config: dict[str, Any], accelerator: str, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`config` with the keys that depend on the device kind set for `accelerator`, and what changed.
+
+    FusedAdam is a GPU kernel: on CPU, Adam without optimizer offload runs torch's own (`torch_adam`), which a
+    GPU job should not inherit. Pinned host memory speeds up GPU<->CPU copies of offloaded states and means
+    nothing on CPU. A `torch_adam` the user's `base` config sets is theirs and kept.
+    """
+    out = copy.deepcopy(config)
+    notes = []
+    zero = out.get("zero_optimization") or {}
+    offloaded = False
+    for key in ("offload_optimizer", "offload_param"):
+        section = zero.get(key)
+        if isinstance(section, dict) and str(section.get("device", "none")) in ("cpu", "nvme"):
+            offloaded = offloaded or key == "offload_optimizer"
+            pin = accelerator == "cuda"
+            if section.get("pin_memory") != pin:
+                section["pin_memory"] = pin
+                notes.append(f"zero_optimization.{key}.pin_memory set to {str(pin).lower()} for {accelerator}")
+    optimizer = out.get("optimizer")
+    if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() in _ADAM_TYPES:
+        params = optimizer.setdefault("params", {})
+        theirs = ((base.get("optimizer") or {}).get("params") or {}).get("torch_adam")
+        want = theirs if theirs is not None else (True if accelerator == "cpu" and not offloaded else None)
+        if params.get("torch_adam") != want:
+            if want is None:
+                params.pop("torch_adam", None)
+                notes.append("optimizer.params.torch_adam removed: DeepSpeed's FusedAdam runs on the GPU")
+            else:
+                params["torch_adam"] = want
+                notes.append(f"optimizer.params.torch_adam set to {str(want).lower()}: FusedAdam is a GPU kernel")
+    if accelerator == "cpu" and (out.get("fp16") or {}).get("enabled"):
+        notes.append("fp16 does not train on DeepSpeed's CPU accelerator: use bf16 or fp32 there")
+    return out, notes
+
+
+def jit_ops(config: dict[str, Any], accelerator: str) -> set[str]:
+    """DeepSpeed's compiled ops a trial of `config` loads on `accelerator`, as the engine picks its optimizer.
+
+    deepspeed/runtime/engine.py: Adam and AdamW run torch's own with `torch_adam`, CPU-Adam when the
+    optimizer is offloaded (cpu or nvme), else FusedAdam; Lamb and Lion their fused kernels (Lion on CPU
+    when offloaded); Adagrad CPU-Adagrad when offloaded. ZeRO++'s quantized weights or gradients load the
+    quantizer (partition_parameters.py, coalesced_collectives.py). The CPU accelerator's collectives use
+    its shared-memory op.
+    """
+    ops = {"deepspeed_shm_comm"} if accelerator == "cpu" else set()
+    optimizer = config.get("optimizer") or {}
+    name = str(optimizer.get("type", "")).lower()
+    params = optimizer.get("params") or {}
+    zero = config.get("zero_optimization") or {}
+    offload = str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() in ("cpu", "nvme")
+    if name in _ADAM_TYPES and not params.get("torch_adam"):
+        ops.add("cpu_adam" if offload else "fused_adam")
+    elif name == "lamb":
+        ops.add("fused_lamb")
+    elif name == "lion":
+        ops.add("cpu_lion" if offload else "fused_lion")
+    elif name == "adagrad" and offload:
+        ops.add("cpu_adagrad")
+    if zero.get("zero_quantized_weights") or zero.get("zero_quantized_gradients"):
+        ops.add("quantizer")
+    return ops

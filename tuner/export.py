@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
+from tuner.dsconfig import retarget
 from tuner.errors import SpaceError
 from tuner.handoff import for_world_size, hf_config, hf_training_args
 from tuner.results import objective_names
@@ -116,6 +117,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
 
 
 EXPORT_FORMATS = ("deepspeed", "hf")
+ACCELERATORS = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -142,17 +144,27 @@ def export(
     number: int | None = None,
     world_size: int | None = None,
     fmt: str = "deepspeed",
+    accelerator: str | None = None,
 ) -> Exported:
-    """Write the trial's config (for `world_size` ranks, as `fmt`) and the provenance beside it; nothing on failure."""
+    """Write the trial's config (for `world_size` ranks, as `fmt`, for `accelerator`: default the study's) and
+    the provenance beside it; nothing on failure."""
     if fmt not in EXPORT_FORMATS:
         raise SpaceError("--format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if accelerator not in (None, *ACCELERATORS):
+        raise SpaceError("--accelerator", f"must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}")
     trial = choose_trial(study, number)
     measured = trial.user_attrs.get("ds_config")
     if not isinstance(measured, dict):
         raise SpaceError("--trial", f"trial {trial.number} has no ds_config attribute")
-    ranks = int(study.user_attrs.get("space", {}).get("hardware", {}).get("gpus_per_trial", 1))
+    space = study.user_attrs.get("space", {})
+    ranks = int(space.get("hardware", {}).get("gpus_per_trial", 1))
     world = world_size if world_size is not None else ranks
     config, notes = for_world_size(measured, world, ranks)
+    measured_on = str(study.user_attrs.get("accelerator") or "cpu")
+    target = accelerator or measured_on
+    config, changed = retarget(config, target, space.get("training", {}).get("base_config") or {})
+    if target != measured_on:
+        notes.append(f"measured on {measured_on}, written for {target}: " + ("; ".join(changed) or "no key changes"))
     try:
         check_with_deepspeed(config, world)
     except Exception as exc:
@@ -165,7 +177,7 @@ def export(
     output.parent.mkdir(parents=True, exist_ok=True)
     prov_path = _sibling(output, ".provenance.json")
     prov = provenance(study, trial, storage_url)
-    prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "notes": notes})
+    prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "accelerator": target, "notes": notes})
     if args is not None:
         prov["training_args"] = args
     output.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -22,27 +22,36 @@ class TrialShape:
     nodes: int = 1
     accelerator: str = "cpu"
     extra: Mapping[str, float] = field(default_factory=dict)  # hardware.ray_resources, held on every node
+    cpus_per_rank: int | None = None  # hardware.cpus_per_rank, else default_cpus_per_rank on GPU nodes
 
     @property
     def ranks_per_node(self) -> int:
         return self.ranks // self.nodes
 
 
+def default_cpus_per_rank(nodes: Sequence[Mapping[str, float]]) -> int:
+    """A GPU rank's share of its node's CPUs: CPUs per GPU on the GPU node with the fewest (at least 1)."""
+    shares = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU", 0) > 0]
+    return max(1, min(shares, default=1))
+
+
 def trial_bundles(shape: TrialShape, local_cpus: int | None = None) -> list[dict[str, float]]:
     """The bundles of one trial, one per node.
 
-    GPU: one CPU for the launcher and `ranks_per_node` GPUs on each node. CPU: a CPU per rank; on a local
-    machine (`local_cpus`, one node) a trial holds all its cores, because each rank's threads are sized to
-    share them (two one-rank trials at once on 2 cores measured mb32 z0 at 933 tokens/s; alone, DeepSpeed's
-    autotuner measured it at 6,223).
+    GPU: `ranks_per_node` GPUs and `cpus_per_rank` CPUs per rank on each node: a rank's CPU-side work
+    (DeepSpeed's CPU-Adam for optimizer offload runs on its OpenMP threads) gets its share of the node, and
+    the ranks' threads are sized to what the trial holds (tuner.trial.env). CPU: a CPU per rank (or
+    `cpus_per_rank`); on a local machine (`local_cpus`, one node) a trial holds all its cores, because each
+    rank's threads are sized to share them (two one-rank trials at once on 2 cores measured mb32 z0 at 933
+    tokens/s; alone, DeepSpeed's autotuner measured it at 6,223).
     """
     per_node = shape.ranks_per_node
     if shape.accelerator == "cuda":
-        bundle: dict[str, float] = {"CPU": 1, "GPU": per_node}
+        bundle: dict[str, float] = {"CPU": (shape.cpus_per_rank or 1) * per_node, "GPU": per_node}
     elif local_cpus is not None and shape.nodes == 1:
         bundle = {"CPU": max(local_cpus, per_node)}
     else:
-        bundle = {"CPU": per_node}
+        bundle = {"CPU": (shape.cpus_per_rank or 1) * per_node}
     bundle.update(shape.extra)
     return [dict(bundle) for _ in range(shape.nodes)]
 

@@ -9,7 +9,7 @@ is pruned, with no margin, when a trial it needs at least as much as ran out of 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tuner.calibration import Calibration, Calibrations, Measured, calibrate
 from tuner.estimate import GB, Buckets, Estimate, ModelShape, Setup, estimate
@@ -62,19 +62,50 @@ class Planned:
         }
 
 
+# What a GPU holds outside PyTorch's allocator (CUDA context, NCCL's buffers), assumed until a trial measures
+# it (`device_overhead_gb`): not measured on a GPU by this project yet. The CPU has none: a rank's RSS is all.
+GPU_OVERHEAD_PRIOR_GB = 1.0
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Memory limits a point must fit: per device, optionally per node for offloaded states, and the margin."""
+    """Memory limits a point must fit: per device, optionally per node for offloaded states, and the margin.
+
+    All in GB of 2**30 bytes (GiB, as torch and nvidia-smi count). On a GPU the model predicts what PyTorch's
+    allocator holds, so a point must fit the budget less the overhead outside the allocator.
+    """
 
     device_gb: float | None
     host_gb: float | None = None
     margin: float = 0.10
+    overhead_gb: float = 0.0
+    overhead_measured: bool = False
+
+    @property
+    def usable_gb(self) -> float | None:
+        """What the allocator may hold: the device budget less the overhead outside it."""
+        return None if self.device_gb is None else self.device_gb - self.overhead_gb
+
+    def with_measured_overhead(self, overheads: Sequence[float]) -> Budget:
+        """This budget with the largest overhead trials measured, once any did."""
+        seen = [o for o in overheads if o > 0]
+        return replace(self, overhead_gb=max(seen), overhead_measured=True) if seen else self
+
+    def describe(self) -> str:
+        """The budget in words, for tables and messages."""
+        if self.device_gb is None:
+            return "no budget"
+        if not self.overhead_gb:
+            return f"{self.device_gb:g} GB"
+        how = "measured" if self.overhead_measured else "assumed"
+        return f"{self.device_gb:g} GB less {self.overhead_gb:.2f} GB of CUDA context and NCCL buffers ({how})"
 
     def over(self, predicted_gb: float, host_gb: float) -> str | None:
         """Why a prediction does not fit, or None."""
-        if self.device_gb is not None and predicted_gb > self.device_gb * (1 + self.margin):
+        usable = self.usable_gb
+        if usable is not None and predicted_gb > usable * (1 + self.margin):
             return (
-                f"predicted peak {predicted_gb:.2f} GB per device is over the budget of {self.device_gb:g} GB "
+                f"predicted peak {predicted_gb:.2f} GB per device is over the budget of {self.describe()} "
                 f"(+{self.margin:.0%} margin)"
             )
         if self.host_gb is not None and host_gb > self.host_gb * (1 + self.margin):
@@ -83,6 +114,12 @@ class Budget:
                 f"{self.host_gb:g} (+{self.margin:.0%} margin)"
             )
         return None
+
+
+def device_budget(device_gb: float | None, host_gb: float | None, margin: float, accelerator: str) -> Budget:
+    """The budget for a device kind: on a GPU the overhead outside the allocator is assumed until measured."""
+    overhead = GPU_OVERHEAD_PRIOR_GB if accelerator == "cuda" and device_gb is not None else 0.0
+    return Budget(device_gb, host_gb, margin, overhead_gb=overhead)
 
 
 def predict(shape: ModelShape, setup: Setup, point: Point, calibrations: Calibrations) -> tuple[Estimate, float]:
@@ -166,11 +203,12 @@ class MemoryPlanner:
     def judge(self, point: Point, measured: Sequence[Measured], ran_out: Sequence[Point] = ()) -> Planned:
         """Predict `point` with the calibration the measured trials give; they overrule the model (evidence)."""
         calibrations = calibrate(self.shape, self.setup, measured)
-        limit = self.budget.device_gb
+        budget = self.budget.with_measured_overhead([m.overhead_gb for m in measured])
+        limit = budget.usable_gb
         fitted = [m.point for m in measured if limit is None or m.peak_gb <= limit]
         evidence = Evidence(
             fitted=tuple((p, predict(self.shape, self.setup, p, calibrations)[1]) for p in fitted),
             ran_out=tuple((p, predict(self.shape, self.setup, p, calibrations)[1]) for p in ran_out),
             offload_counts=self.setup.accelerator == "cuda",
         )
-        return decide(self.shape, self.setup, point, self.budget, calibrations, evidence)
+        return decide(self.shape, self.setup, point, budget, calibrations, evidence)

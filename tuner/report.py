@@ -83,22 +83,24 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float | None) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    both = frame.dropna(subset=["predicted_mem_gb", "peak_mem_gb"])
+    # what the budget enforces and the model is calibrated to: reserved on a GPU (equal to the peak RSS on CPU)
+    measured = "peak_reserved_gb" if "peak_reserved_gb" in frame else "peak_mem_gb"
+    both = frame.dropna(subset=["predicted_mem_gb", measured])
     if not both.empty:
         fig.add_trace(
             go.Scatter(
-                x=both["predicted_mem_gb"], y=both["peak_mem_gb"], mode="markers", name="trials",
+                x=both["predicted_mem_gb"], y=both[measured], mode="markers", name="trials",
                 text=both["point"], hovertemplate=MEMORY_HOVER,
             )
         )  # fmt: skip
-        top = float(max(both["predicted_mem_gb"].max(), both["peak_mem_gb"].max())) * 1.05
+        top = float(max(both["predicted_mem_gb"].max(), both[measured].max())) * 1.05
         fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="measured = predicted"))
     if budget_gb:
         fig.add_hline(y=budget_gb, line_dash="dash", annotation_text=f"budget {budget_gb:g} GB")
     fig.update_layout(
         title="Memory: predicted against measured peak per device",
         xaxis_title="predicted GB",
-        yaxis_title="measured GB",
+        yaxis_title="measured GB (GPU: reserved by PyTorch)",
     )
     return fig
 

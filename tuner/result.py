@@ -117,5 +117,10 @@ def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: f
         "fixed_overhead_s": max(0.0, duration_s - measure_s),
         "overhead_share": max(0.0, duration_s - measure_s) / duration_s if duration_s > 0 else 0.0,
     }
+    if raw.get("threads_per_rank"):
+        figures["threads_per_rank"] = float(raw["threads_per_rank"])
+    if raw["device"] == "cuda":  # what lives on the card outside PyTorch's allocator (context, NCCL), and its size
+        figures["device_overhead_gb"] = float(raw.get("device_overhead_bytes", 0.0)) / GB
+        figures["device_total_gb"] = float(raw.get("device_total_bytes", 0.0)) / GB
     figures.update(work_figures(tokens_per_s, int(raw["world_size"]), per_token, peak))
     return figures

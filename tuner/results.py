@@ -26,7 +26,9 @@ POINT_COLUMNS = ("micro_batch_size", "zero_stage", "offload_optimizer", "offload
 FIGURES = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps", "noisy", "stopped_early",
     "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",
-    "predicted_raw_mem_gb", "predicted_host_mem_gb", "final_loss", "trial_duration_s", "fixed_overhead_s",
+    "predicted_raw_mem_gb", "predicted_host_mem_gb", "device_overhead_gb", "device_total_gb", "final_loss",
+    "trial_duration_s", "fixed_overhead_s", "overhead_share", "startup_s", "build_s", "initialize_s", "warmup_s",
+    "threads_per_rank",
 )  # fmt: skip
 TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host")
 STATE_ORDER = {"COMPLETE": 0, "RUNNING": 1, "FAIL": 2, "PRUNED": 3, "WAITING": 4}

@@ -21,18 +21,20 @@ import optuna
 from optuna.storages import RDBStorage
 
 from tuner.comm import comm_budget
-from tuner.dsconfig import build_ds_config
+from tuner.devices import device_budget_gb, visible_gpu_memory_gb
+from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
 from tuner.orphans import reclaim_orphans
 from tuner.placement import (
     TrialShape,
     concurrent_trials,
+    default_cpus_per_rank,
     describe_nodes,
     describe_resources,
     strategy,
     trial_bundles,
 )
-from tuner.plan import Budget, MemoryPlanner, estimate_setup, prune_margin
+from tuner.plan import MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
 from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
@@ -72,15 +74,10 @@ def detect_accelerator(space: Space) -> str:
 
 
 def memory_budget(space: Space, accelerator: str) -> float | None:
-    """GB per device points must fit: the space's budget, else the visible GPU's size; none on CPU by default."""
-    if space.hardware.device_memory_gb is not None:
-        return space.hardware.device_memory_gb
-    if accelerator == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory / 1024**3
-    return None
+    """GB per device points must fit: the space's budget (at most the visible GPU's size), else the GPU's size;
+    none on CPU by default."""
+    card = visible_gpu_memory_gb() if accelerator == "cuda" else None
+    return device_budget_gb(space.hardware.device_memory_gb, card)[0]
 
 
 def trial_spec(
@@ -130,7 +127,7 @@ def _trainable(config: dict[str, Any], context: TrialContext) -> None:
                 accelerator=context.accelerator, timeout_s=space.trial.timeout_s,
             )  # fmt: skip
         else:
-            cpus = int(context.bundles[0]["CPU"]) if context.accelerator == "cpu" else None
+            cpus = int(context.bundles[0]["CPU"])
             result = run_trial(
                 spec, folder, ranks=space.hardware.gpus_per_trial, accelerator=context.accelerator,
                 timeout_s=space.trial.timeout_s, cpus=cpus,
@@ -163,7 +160,9 @@ def memory_planner(space: Space, accelerator: str, prune: bool | None = None) ->
     """The memory model for this space's architecture, budget and margin."""
     from tuner.workload.hf_causal_lm import model_shape
 
-    budget = Budget(memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator))
+    budget = device_budget(
+        memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator), accelerator
+    )
     return MemoryPlanner(
         shape=model_shape(space.model_config_dict),
         setup=estimate_setup(space, accelerator),
@@ -233,9 +232,10 @@ def placement(space: Space, accelerator: str, address: str | None) -> tuple[list
     import ray
 
     hardware = space.hardware
-    shape = TrialShape(hardware.gpus_per_trial, hardware.nodes_per_trial, accelerator, hardware.ray_resources)
-    bundles = trial_bundles(shape, local_cpus=None if address else os.cpu_count() or 1)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    per_rank = hardware.cpus_per_rank or (default_cpus_per_rank(nodes) if accelerator == "cuda" else None)
+    shape = TrialShape(hardware.gpus_per_trial, hardware.nodes_per_trial, accelerator, hardware.ray_resources, per_rank)
+    bundles = trial_bundles(shape, local_cpus=None if address else os.cpu_count() or 1)
     at_once = concurrent_trials(nodes, bundles)
     if at_once == 0:
         key = "hardware.nodes_per_trial" if len(bundles) > 1 else "hardware.gpus_per_trial"
@@ -281,6 +281,9 @@ def run_search(
     if address:  # is bad input
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
+    over_card = device_budget_gb(space.hardware.device_memory_gb, visible_gpu_memory_gb())[1]
+    if accelerator == "cuda" and over_card:
+        on_event("warning", {"message": over_card})
     study = create_study(space, storage)
     study.set_user_attr("space_file", str(space_path.resolve()))
     study.set_user_attr("space_yaml", redact_text(space_path.read_text()))
@@ -315,9 +318,9 @@ def run_search(
     if searcher.budget == 0:
         return SearchRun(study, interrupted=False)
 
-    need_cpu_adam = any(p.offload_optimizer == "cpu" for p in remaining)
-    on_event("prebuild", {})
-    problems = prebuild_everywhere(accelerator, need_cpu_adam, run_dir / "prebuild_ops.log")
+    ops = sorted(set().union(*(jit_ops(config, accelerator) for config in configs.values())))
+    on_event("prebuild", {"ops": ops})
+    problems = prebuild_everywhere(accelerator, ops, run_dir / "prebuild_ops.log")
     for problem in problems:
         on_event("warning", {"message": problem})
 

@@ -104,10 +104,18 @@ class HardwareSection(_Section):
         "(a custom resource given to `ray start --resources`).",
     )
     device_memory_gb: PositiveFloat | None = Field(
-        None, description="Memory budget per device (default: the GPU's size; none on CPU). Points over it are pruned."
+        None,
+        description="Memory budget per device in GB of 2**30 bytes (GiB, as torch and nvidia-smi count; a card "
+        "sold as 80 GB may hold less than 80 of these): default the GPU's size, none on CPU. On a GPU it caps "
+        "PyTorch's allocator at the budget less the CUDA context and NCCL buffers; points over it are pruned.",
     )
     host_memory_gb: PositiveFloat | None = Field(
         None, description="Host memory per node for offloaded states; offload points over it are pruned."
+    )
+    cpus_per_rank: PositiveInt | None = Field(
+        None,
+        description="CPU cores a trial holds per rank and each rank's OpenMP threads (CPU-Adam for offload runs "
+        "on them); default on GPUs: the node's CPUs per GPU; on one CPU machine a trial holds all its cores.",
     )
     accelerator: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when a GPU is visible.")
     peak_tflops: PositiveFloat | None = Field(

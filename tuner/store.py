@@ -100,11 +100,23 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.number)
 
 
+def enforced_peak_gb(attrs: dict[str, object]) -> float | None:
+    """The peak the memory budget enforces: the allocator's reserved peak on a GPU (the cap limits reserved
+    memory), the resident peak on CPU (recorded in both fields there)."""
+    for key in ("peak_reserved_gb", "peak_mem_gb"):
+        value = attrs.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
 def measured_memory(study: optuna.Study) -> list[Measured]:
     """Completed trials' points and memory figures: what calibrates the memory model."""
     out = []
     for t in measured_trials(study, (TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if t.params and isinstance(a.get("peak_mem_gb"), (int, float)):
-            out.append(Measured(Point.from_params(t.params), float(a["peak_mem_gb"])))
+        peak = enforced_peak_gb(t.user_attrs)
+        if t.params and peak is not None:
+            overhead = t.user_attrs.get("device_overhead_gb")
+            extra = float(overhead) if isinstance(overhead, (int, float)) else 0.0
+            out.append(Measured(Point.from_params(t.params), peak, extra))
     return out

@@ -235,6 +235,16 @@ def test_export_for_another_world_size_keeps_the_global_batch_and_trains(study_d
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "step 2/2 loss" in train.stdout
 
+    # the same winner for a GPU job: CPU-only keys go, and the tool says so
+    gpu = tmp_path / "gpu" / "ds_config.json"
+    done = tuner(*args, "--output", str(gpu), "--accelerator", "cuda", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "measured on cpu, written for cuda" in done.stdout and "torch_adam removed" in done.stdout
+    assert "torch_adam" not in json.loads(gpu.read_text())["optimizer"]["params"]
+    assert json.loads(gpu.with_name("ds_config.provenance.json").read_text())["accelerator"] == "cuda"
+    bad = tuner(*args, "--output", str(tmp_path / "y.json"), "--accelerator", "tpu", cwd=tmp_path)
+    assert bad.returncode == 2 and "--accelerator" in bad.stderr and not list(tmp_path.glob("y*.json"))
+
 
 def test_hf_export_trains_with_trainer_and_the_printed_arguments(study_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "hf" / "ds_config.json"

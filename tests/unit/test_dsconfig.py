@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tuner.dsconfig import DEFAULT_OPTIMIZER, build_ds_config
+from tuner.dsconfig import DEFAULT_OPTIMIZER, build_ds_config, retarget
 from tuner.points import Point, enumerate_points
 from tuner.space import load_space
 
@@ -186,6 +186,30 @@ def test_torch_adam_on_default_optimizer_and_without_params() -> None:
     assert build(Point(2, 0), {}, accelerator="cpu")["optimizer"]["params"]["torch_adam"] is True
     config = build(Point(2, 0), {"optimizer": {"type": "Adam"}}, accelerator="cpu")
     assert config["optimizer"]["params"] == {"torch_adam": True}
+
+
+def test_a_config_measured_on_cpu_is_retargeted_for_gpus_and_says_what_changed() -> None:
+    base = {"optimizer": {"type": "AdamW", "params": {"lr": 0.01}}}
+    measured = build(Point(2, 0), base, accelerator="cpu")
+    assert measured["optimizer"]["params"]["torch_adam"] is True
+    for_gpu, notes = retarget(measured, "cuda", base)
+    assert "torch_adam" not in for_gpu["optimizer"]["params"] and for_gpu["optimizer"]["params"]["lr"] == 0.01
+    assert notes == ["optimizer.params.torch_adam removed: DeepSpeed's FusedAdam runs on the GPU"]
+    assert for_gpu == build(Point(2, 0), base, accelerator="cuda")  # as if it had been measured on a GPU
+    assert retarget(for_gpu, "cuda", base) == (for_gpu, [])  # nothing to change for the same device kind
+    assert retarget(for_gpu, "cpu", base)[0] == measured  # and back
+
+
+def test_retargeting_pins_offloaded_states_on_gpus_and_keeps_the_users_own_torch_adam() -> None:
+    offload = Point(2, 3, offload_optimizer="cpu", offload_param="cpu")
+    for_gpu, notes = retarget(build(offload, accelerator="cpu"), "cuda", {})
+    zero = for_gpu["zero_optimization"]
+    assert zero["offload_optimizer"]["pin_memory"] is True and zero["offload_param"]["pin_memory"] is True
+    assert len(notes) == 2 and all("pin_memory set to true for cuda" in n for n in notes)
+    theirs = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
+    kept, notes = retarget(build(Point(2, 0), theirs, accelerator="cpu"), "cuda", theirs)
+    assert kept["optimizer"]["params"]["torch_adam"] is True and notes == []
+    assert any("fp16" in n for n in retarget(build(Point(2, 0), precision="fp16"), "cpu", {})[1])
 
 
 # --- activation checkpointing --------------------------------------------------------------------

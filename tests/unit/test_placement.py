@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO
-from tuner.placement import PACK, SPREAD, TrialShape, concurrent_trials, describe_nodes, strategy, trial_bundles
+from tuner.placement import (
+    PACK,
+    SPREAD,
+    TrialShape,
+    concurrent_trials,
+    default_cpus_per_rank,
+    describe_nodes,
+    strategy,
+    trial_bundles,
+)
 
 NODE_8GPU = {"CPU": 96.0, "GPU": 8.0, "memory": 1e12, "node:10.0.0.1": 1.0}
 
@@ -24,12 +33,34 @@ def test_on_a_cluster_a_cpu_trial_holds_a_cpu_per_rank_on_each_node() -> None:
     assert bundles[0] is not bundles[1]  # Ray may annotate one bundle; the other must not change with it
 
 
-def test_gpu_trials_hold_one_cpu_and_their_gpus_per_node() -> None:
-    one_node = trial_bundles(TrialShape(ranks=2, accelerator="cuda"), local_cpus=96)
-    assert one_node == [{"CPU": 1, "GPU": 2}]
+def test_gpu_trials_hold_their_gpus_and_a_share_of_the_cpus_per_rank() -> None:
+    per_rank = default_cpus_per_rank([NODE_8GPU, {"CPU": 2.0}])  # a CPU-only head does not count
+    assert per_rank == 12  # 96 CPUs for 8 GPUs
+    one_node = trial_bundles(TrialShape(ranks=2, accelerator="cuda", cpus_per_rank=per_rank), local_cpus=96)
+    assert one_node == [{"CPU": 24, "GPU": 2}]
     assert concurrent_trials([NODE_8GPU], one_node) == 4
-    assert concurrent_trials([NODE_8GPU], trial_bundles(TrialShape(ranks=3, accelerator="cuda"))) == 2
+    three = trial_bundles(TrialShape(ranks=3, accelerator="cuda", cpus_per_rank=per_rank))
+    assert concurrent_trials([NODE_8GPU], three) == 2
     assert concurrent_trials([NODE_8GPU, NODE_8GPU], one_node) == 8
+    spanning = trial_bundles(TrialShape(ranks=16, nodes=2, accelerator="cuda", cpus_per_rank=per_rank))
+    assert spanning == [{"CPU": 96, "GPU": 8}] * 2 and concurrent_trials([NODE_8GPU, NODE_8GPU], spanning) == 1
+
+
+def test_the_cpu_share_is_set_by_the_gpu_node_with_the_fewest_cpus_per_gpu() -> None:
+    small = {"CPU": 16.0, "GPU": 8.0}
+    assert default_cpus_per_rank([NODE_8GPU, small]) == 2
+    assert default_cpus_per_rank([{"CPU": 4.0, "GPU": 8.0}]) == 1  # never below one
+    assert default_cpus_per_rank([{"CPU": 2.0}]) == 1  # no GPU node at all
+
+
+def test_each_rank_runs_its_share_of_the_trials_cpus_as_threads_on_gpus_too() -> None:
+    from tuner.trial.env import worker_env
+
+    gpu = worker_env("cuda", ranks=8, cpus=96)
+    assert gpu["OMP_NUM_THREADS"] == "12" and gpu["DS_ACCELERATOR"] == "cuda"
+    cpu = worker_env("cpu", ranks=2, cpus=2)
+    assert cpu["OMP_NUM_THREADS"] == "1" and cpu["DS_ACCELERATOR"] == "cpu"
+    assert worker_env("cuda", ranks=4, cpus=2)["OMP_NUM_THREADS"] == "1"  # never zero
 
 
 @pytest.mark.parametrize(

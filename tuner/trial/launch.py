@@ -6,7 +6,6 @@ shell string. Whatever happens, the whole group is killed before `run_trial` ret
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -14,17 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.dsconfig import jit_ops
 from tuner.result import TrialResult, figures_from_worker
 from tuner.trial import failures
+from tuner.trial.env import worker_env
+from tuner.trial.ops import clear_orphaned_locks
 
 _EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _CATEGORY_PRIORITY = (failures.OOM, failures.INVALID_CONFIG, failures.CRASH)
-STALE_LOCK_S = 900.0  # compiling cpu_adam takes about 2 minutes on 2 busy cores; a lock this old is orphaned
-PREBUILD_TIMEOUT_S = 1800.0
+KILL_WAIT_S = 30.0  # after SIGKILL, how long to wait for the group's processes to be gone (and their memory freed)
 
 
 @dataclass(frozen=True)
@@ -63,40 +65,49 @@ def worker_command(spec_path: Path, ranks: int, rendezvous: Rendezvous | None = 
     ]  # fmt: skip
 
 
-def worker_env(accelerator: str, ranks: int, cpus: int | None = None) -> dict[str, str]:
-    """The environment of one node's ranks: the accelerator forced, the node's CPUs shared out between ranks.
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (zombies excluded: they hold no memory), from /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(proc.name))
+    return members
 
-    `cpus` is what the trial holds on this node (Ray's bundle); by default the whole machine.
+
+def wait_gone(pgid: int, timeout_s: float, members: Callable[[int], list[int]] = group_members) -> bool:
+    """Wait until no live process of group `pgid` is left, at most `timeout_s`; True when none is left."""
+    deadline = time.monotonic() + timeout_s
+    while members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM the trial's process group, SIGKILL whatever is left, and wait until none of it runs.
+
+    A GPU's memory is freed only when the processes holding it are gone, and the next trial on the same GPUs
+    (Tune reuses its actors) must not run out of memory that is not its own. Returns how many processes were
+    still alive when the bounded wait gave up.
     """
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    if accelerator == "cpu":
-        env["DS_ACCELERATOR"] = "cpu"
-        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // ranks))
-    return env
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the trial's process group, then SIGKILL whatever is left of it."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, KILL_WAIT_S)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _group_alive(proc.pid):
-            time.sleep(0.1)
+            break
+        if wait_gone(proc.pid, grace):
+            break
     if proc.poll() is None:
         proc.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return len(group_members(proc.pid))
 
 
 def tail_of(path: Path, lines: int = 40) -> str:
@@ -156,6 +167,7 @@ def run_node(
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    clear_orphaned_locks(jit_ops(spec["ds_config"], accelerator))  # a build killed in an earlier trial
     start = time.monotonic()
     env = worker_env(accelerator, ranks, cpus)
     env["TUNER_LAUNCH_EPOCH"] = repr(time.time())
@@ -173,12 +185,15 @@ def run_node(
         except OSError as exc:
             return NodeRun(None, False, time.monotonic() - start, failures.one_line(exc))
         timed_out = False
+        left = 0
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            _kill_group(proc)  # also reaps ranks that outlived torchrun
+            left = _kill_group(proc)  # also reaps ranks that outlived torchrun
+        if left:
+            log.write(f"tuner: {left} process(es) of this trial still alive {KILL_WAIT_S:g} s after SIGKILL\n".encode())
     return NodeRun(proc.returncode, timed_out, time.monotonic() - start)
 
 
@@ -235,73 +250,3 @@ def run_trial(
     """Run a one-node trial to completion, failure or timeout; never raises for the trial's own faults."""
     run = run_node(spec, trial_dir, ranks=ranks, accelerator=accelerator, timeout_s=timeout_s, cpus=cpus)
     return outcome(spec, trial_dir, run, ranks=ranks, timeout_s=timeout_s)
-
-
-def _extensions_root() -> Path:
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-
-
-def _clear_stale_locks(name: str, now: float, stale_after_s: float = STALE_LOCK_S) -> list[Path]:
-    """Remove build locks of op `name` older than any real build; returns the ones removed.
-
-    torch's JIT build holds a lock file while it compiles; a process killed mid-build (a stopped search,
-    a killed rank) leaves it behind, and every later build then waits for it forever.
-    """
-    removed = []
-    for lock in _extensions_root().glob(f"*/{name}/lock"):
-        try:
-            if now - lock.stat().st_mtime > stale_after_s:
-                lock.unlink()
-                removed.append(lock)
-        except FileNotFoundError:
-            continue  # its build just finished
-    return removed
-
-
-def _op_cached(name: str) -> bool:
-    """Whether torch's JIT cache holds op `name` built from this DeepSpeed installation's sources."""
-    found = importlib.util.find_spec("deepspeed")
-    if found is None or found.origin is None:
-        return False
-    sources = str(Path(found.origin).parent)
-    for folder in _extensions_root().glob(f"*/{name}"):
-        ninja = folder / "build.ninja"
-        if (folder / f"{name}.so").is_file() and ninja.is_file() and sources in ninja.read_text(errors="replace"):
-            return True
-    return False
-
-
-def prebuild_ops(accelerator: str, need_cpu_adam: bool, log_path: Path) -> str | None:
-    """Compile DeepSpeed's JIT ops once, before any trial, so compilation never eats a trial's timeout.
-
-    Returns None on success, or a one-line reason (the trials that need the op will then fail and say so).
-    """
-    code, names = [], []
-    if accelerator == "cpu" and not _op_cached("deepspeed_shm_comm"):
-        names.append("deepspeed_shm_comm")
-        code.append("from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()")
-    if need_cpu_adam and not _op_cached("cpu_adam"):
-        names.append("cpu_adam")
-        code.append("from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()")
-    if not code:
-        return None  # built before, from this DeepSpeed installation: skip the import (seconds)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "\n".join(code)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=worker_env(accelerator, 1),
-        )
-        while proc.poll() is None:  # a build waiting on a dead process's lock is freed once that lock is stale
-            for name in names:
-                _clear_stale_locks(name, time.time())
-            if time.monotonic() - started > PREBUILD_TIMEOUT_S:
-                proc.kill()
-                proc.wait()
-                return f"building DeepSpeed ops took over {PREBUILD_TIMEOUT_S:.0f} s; see {log_path}"
-            time.sleep(1.0)
-    if proc.returncode != 0:
-        return f"building DeepSpeed ops failed ({failures.describe_exit(proc.returncode)}); see {log_path}"
-    return None

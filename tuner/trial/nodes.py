@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.result import TrialResult
-from tuner.trial.launch import NodeRun, Rendezvous, outcome, prebuild_ops, run_node, tail_of
+from tuner.trial.launch import NodeRun, Rendezvous, outcome, run_node, tail_of
+from tuner.trial.ops import prebuild_ops
 
 REMOTE_GRACE_S = 60.0  # after node 0's ranks end, how long the other nodes get to end theirs and report
 MAX_FILE_BYTES = 4 * 1024**2  # a log is cut to its last 4 MB when it travels between nodes
@@ -105,7 +106,7 @@ def run_spanning_trial(
                 int(bundle.get("CPU", 1)),
             )
         )  # fmt: skip
-    cpus = int(bundles[0].get("CPU", 1)) if accelerator == "cpu" else None
+    cpus = int(bundles[0].get("CPU", 1))
     local = run_node(
         spec, trial_dir, ranks=ranks_per_node, accelerator=accelerator, timeout_s=timeout_s,
         rendezvous=Rendezvous(nodes, 0, address, port), cpus=cpus,
@@ -147,9 +148,9 @@ def ship_to_head(folder: Path, head_node: str, head_folder: Path) -> str:
     return str(ray.get(save.remote(str(head_folder), read_files(folder))))
 
 
-def _prebuild_here(accelerator: str, need_cpu_adam: bool) -> tuple[str, str | None]:
+def _prebuild_here(accelerator: str, ops: list[str]) -> tuple[str, str | None]:
     scratch = Path(tempfile.mkdtemp(prefix="tuner-ops-"))
-    problem = prebuild_ops(accelerator, need_cpu_adam, scratch / "prebuild_ops.log")
+    problem = prebuild_ops(accelerator, ops, scratch / "prebuild_ops.log")
     if problem:  # the log goes with the scratch folder: keep its last line in the message
         problem = problem.replace(
             str(scratch / "prebuild_ops.log"), "the log's end: " + tail_of(scratch / "prebuild_ops.log", 1)
@@ -158,8 +159,8 @@ def _prebuild_here(accelerator: str, need_cpu_adam: bool) -> tuple[str, str | No
     return node_name(), problem
 
 
-def prebuild_everywhere(accelerator: str, need_cpu_adam: bool, log_path: Path) -> list[str]:
-    """Compile DeepSpeed's JIT ops on this node and on every other alive node of the cluster, at once.
+def prebuild_everywhere(accelerator: str, ops: list[str], log_path: Path) -> list[str]:
+    """Compile DeepSpeed's JIT ops `ops` on this node and on every other alive node of the cluster, at once.
 
     Returns one line per node where it failed (the trials needing the op then fail there and say so).
     """
@@ -171,12 +172,12 @@ def prebuild_everywhere(accelerator: str, need_cpu_adam: bool, log_path: Path) -
     task = ray.remote(_prebuild_here)
     refs = [
         task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-            accelerator, need_cpu_adam
+            accelerator, ops
         )
         for node in others
     ]
     problems = []
-    local = prebuild_ops(accelerator, need_cpu_adam, log_path)
+    local = prebuild_ops(accelerator, ops, log_path)
     if local:
         problems.append(local)
     for ref in refs:

@@ -19,11 +19,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tuner.result import GB, spread
+from tuner.result import GB
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
-
-EARLY_STOP_MIN_STEPS = 2  # one timed step can be an outlier; two that are both over the limit are not
+from tuner.trial.measure import (
+    allocator_fraction,
+    clearly_slower,
+    reduce_on_device,
+    steady_state_done,
+    timed_step,
+)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -67,20 +72,24 @@ def _watch_host_budget(budget_bytes: float, out_dir: Path, rank: int, phase: lis
         time.sleep(0.05)
 
 
-def steady_state_done(times: list[float], target: int, cap: int, max_cv: float) -> bool:
-    """Stop measuring once `target` steps are in and their spread is within `max_cv`, or at `cap` steps."""
-    if len(times) < target:
-        return False
-    return len(times) >= cap or spread(times) <= max_cv
+def _cap_device_memory(budget_gb: float | None, device: Any) -> dict[str, float]:
+    """The card's size and what lives outside PyTorch's allocator now; caps the allocator at the budget less that.
 
-
-def clearly_slower(times: list[float], limit_s: float | None, min_steps: int = EARLY_STOP_MIN_STEPS) -> bool:
-    """Early stopping: after `min_steps` timed steps, even the fastest one took longer than `limit_s`.
-
-    The fastest step is the trial's most optimistic figure: a trial stops only when every step it timed
-    was over the limit, not because one step was slow.
+    Called after the process group ran its first collective, so NCCL's communicator and buffers are counted.
     """
-    return limit_s is not None and len(times) >= min_steps and min(times) > limit_s
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    outside = float(total - free - torch.cuda.memory_reserved(device))
+    if budget_gb:
+        fraction = allocator_fraction(budget_gb * GB, total, outside)
+        if fraction is None:
+            raise MemoryError(
+                f"hardware.device_memory_gb={budget_gb:g} leaves nothing for PyTorch after {outside / GB:.2f} GB "
+                "of CUDA context and NCCL buffers (out of memory)"
+            )
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return {"total": float(total), "outside": outside}
 
 
 def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
@@ -103,12 +112,10 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     if on_gpu:
         accel.set_device(local_rank)
     device = torch.device(accel.device_name(local_rank))
+    reduce_on_device([0.0], "sum", device)  # NCCL creates its communicator at the first collective: count it now
     budget_gb = spec.get("device_memory_gb")
-    if budget_gb and on_gpu:
-        # A budget below the card's size is enforced by the caching allocator: past it, a real OOM.
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GB / total), device)
-    elif budget_gb:
+    card = _cap_device_memory(budget_gb, device) if on_gpu else {"total": 0.0, "outside": 0.0}
+    if budget_gb and not on_gpu:
         watch = threading.Thread(target=_watch_host_budget, args=(budget_gb * GB, out_dir, rank, phase), daemon=True)
         watch.start()
     clock["distributed"] = time.time()
@@ -117,7 +124,8 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
         return float(torch.cuda.max_memory_allocated(device) if on_gpu else _peak_rss_bytes())
 
     hf_causal_lm.import_model_code(spec["model_config"])
-    marks = {"runtime": float(_rss_bytes())}  # the interpreter and libraries, before any model exists
+    # the interpreter and libraries before any model exists: the rank's resident set on CPU, nothing on a GPU
+    marks = {"runtime": float(torch.cuda.memory_allocated(device) if on_gpu else _rss_bytes())}
     ds_config = spec["ds_config"]
     phase[0] = "build"
     if (ds_config.get("zero_optimization") or {}).get("stage") == 3:
@@ -140,50 +148,40 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
 
     phase[0] = "train"
     generator = torch.Generator().manual_seed(spec["seed"] + rank)
-    micro, accum, seq = spec["micro_batch_size"], spec["grad_accum"], spec["sequence_length"]
-
-    def optimizer_step() -> tuple[float, float]:
-        """One optimizer step over every accumulation micro-step, timed with the device synchronised."""
-        accel.synchronize()
-        start = time.perf_counter()
-        loss_sum = 0.0
-        for _ in range(accum):
-            batch = hf_causal_lm.synthetic_batch(generator, vocab, micro, seq, device)
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach())
-        accel.synchronize()
-        return time.perf_counter() - start, loss_sum / accum
-
+    # One optimizer step's micro-batches, made on the device before any timing and reused by every step: the
+    # values do not change a step's time, and no host copy falls inside the clock.
+    batches = hf_causal_lm.synthetic_batches(
+        generator, vocab, spec["micro_batch_size"], spec["sequence_length"], device, count=spec["grad_accum"]
+    )
     for _ in range(spec["warmup_steps"]):
-        optimizer_step()
+        timed_step(engine, batches, accel.synchronize)
     clock["warmed_up"] = time.time()
     times: list[float] = []
-    loss_value = float("nan")
+    loss = None
     target = spec["measure_steps"]
     cap = max(target, spec.get("max_measure_steps") or target)
     stopped_early = False
     while not steady_state_done(times, target, cap, spec.get("max_cv", 1.0)):
-        elapsed, loss_value = optimizer_step()
+        elapsed, loss = timed_step(engine, batches, accel.synchronize)
         # The slowest rank sets the pace; every rank gets the same list, so all decide alike when to stop.
-        slowest = torch.tensor([elapsed], dtype=torch.float64)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        times.append(slowest.item())
+        times.append(reduce_on_device([elapsed], "max", device)[0])
         if clearly_slower(times, spec.get("stop_over_step_s")):
             stopped_early = True
             break
     clock["measured"] = time.time()
+    loss_value = float(loss) if loss is not None else float("nan")
 
     rss = float(_peak_rss_bytes())
     if on_gpu:
+        free, total = torch.cuda.mem_get_info(device)
+        outside = max(card["outside"], float(total - free - torch.cuda.memory_reserved(device)))
         mem = [float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device)), rss]
     else:
-        mem = [rss, rss, rss]
-    mem_t = torch.tensor([*mem, marks["runtime"], marks["build"], marks["initialize"]], dtype=torch.float64)
-    dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)
-    final_loss = torch.tensor([loss_value], dtype=torch.float64)
-    dist.all_reduce(final_loss, op=dist.ReduceOp.SUM)
+        outside, mem = 0.0, [rss, rss, rss]
+    (peak, reserved, host, runtime, build, initialize, overhead, card_total) = reduce_on_device(
+        [*mem, marks["runtime"], marks["build"], marks["initialize"], outside, card["total"]], "max", device
+    )
+    final_loss = reduce_on_device([loss_value], "sum", device)[0] / world
 
     if rank == 0:
         _write_json(
@@ -194,18 +192,24 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
                 "device_name": torch.cuda.get_device_name(device) if on_gpu else "cpu",
                 "step_times_s": times,
                 "stopped_early": stopped_early,
-                "peak_mem_bytes": mem_t[0].item(),
-                "peak_reserved_bytes": mem_t[1].item(),
-                "host_mem_bytes": mem_t[2].item(),
-                "runtime_mem_bytes": mem_t[3].item(),
-                "build_peak_bytes": mem_t[4].item(),
-                "initialize_peak_bytes": mem_t[5].item(),
-                "final_loss": final_loss.item() / world,
+                "peak_mem_bytes": peak,
+                "peak_reserved_bytes": reserved,
+                "host_mem_bytes": host,
+                "runtime_mem_bytes": runtime,
+                "build_peak_bytes": build,
+                "initialize_peak_bytes": initialize,
+                "device_overhead_bytes": overhead,
+                "device_total_bytes": card_total,
+                "threads_per_rank": torch.get_num_threads(),
+                "final_loss": final_loss,
                 **facts,
                 "clock": clock,
             },
         )
-    dist.barrier()
+    if on_gpu:
+        dist.barrier(device_ids=[local_rank])  # NCCL's barrier on this rank's own card
+    else:
+        dist.barrier()
     dist.destroy_process_group()
 
 

@@ -165,3 +165,10 @@ def synthetic_batch(
     ids = torch.randint(0, vocab, (micro_batch, sequence_length), generator=generator)
     ids = ids.to(device)
     return {"input_ids": ids, "labels": ids}
+
+
+def synthetic_batches(
+    generator: torch.Generator, vocab: int, micro_batch: int, sequence_length: int, device: torch.device, count: int
+) -> list[dict[str, torch.Tensor]]:
+    """`count` random batches, all on `device` before any step is timed (one optimizer step's micro-batches)."""
+    return [synthetic_batch(generator, vocab, micro_batch, sequence_length, device) for _ in range(count)]
