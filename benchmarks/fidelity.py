@@ -57,8 +57,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def trial(space: Space, point: Point, accelerator: str, work: Path, **over: Any) -> dict[str, Any]:
-    spec = trial_spec(space, point, ds_configs_for(space, (point,), accelerator)[point])
-    spec.update(over)
+    spec = trial_spec(space, point, ds_configs_for(space, (point,), accelerator)[point]).replace(**over)
     result = run_trial(
         spec, work, ranks=space.hardware.gpus_per_trial, accelerator=accelerator, timeout_s=space.trial.timeout_s
     )

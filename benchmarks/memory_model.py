@@ -49,8 +49,7 @@ def measure_space(path: Path, work: Path, limit: int | None) -> dict[str, Any]:
     prebuild_ops(accelerator, set().union(*(jit_ops(c, accelerator) for c in configs.values())), work / "prebuild.log")
     rows: list[dict[str, Any]] = []
     for index, point in enumerate(points):
-        spec = trial_spec(space, point, configs[point])
-        spec.update(warmup_steps=1, measure_steps=1, max_measure_steps=1)
+        spec = trial_spec(space, point, configs[point]).replace(warmup_steps=1, measure_steps=1, max_measure_steps=1)
         started = time.time()
         result = run_trial(
             spec, work / f"{path.stem}_{index:02d}", ranks=space.hardware.gpus_per_trial,

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tuner.estimate import GB, ModelShape, Setup, estimate
+from tuner.knobs import code_path_key
 from tuner.points import Point
 
 
@@ -70,11 +71,11 @@ class Measured:
     overhead_gb: float = 0.0  # on a GPU, what lived outside the allocator (CUDA context, NCCL buffers)
 
 
-Family = tuple[int, str, str]  # ZeRO stage, optimizer offload, parameter offload
+Family = tuple[object, ...]  # the knobs that pick DeepSpeed's code path: ZeRO stage, offload (tuner.knobs)
 
 
 def family(point: Point) -> Family:
-    return (point.zero_stage, point.offload_optimizer, point.offload_param)
+    return code_path_key(point.values())
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ gradient clipping, ...) is kept, so the exported config is the one the productio
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any, Literal
 
+from tuner.knobs import BY_NAME, MAIN, OFFLOAD_SECTIONS, OPTIMIZER_OFFLOAD
 from tuner.points import Point, grad_accum
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
@@ -46,38 +48,29 @@ def build_ds_config(
     precision: str,
     accelerator: Literal["cuda", "cpu"],
 ) -> dict[str, Any]:
-    """The complete DeepSpeed config for `point` with `ranks` data-parallel ranks."""
+    """The complete DeepSpeed config for `point` with `ranks` data-parallel ranks: every knob it sets written
+    by its declaration (tuner.knobs), over the base config."""
     accum = grad_accum(global_batch, point.micro_batch_size, ranks)
     if accum is None:
         raise ValueError(f"{point.label()} cannot keep global batch {global_batch} on {ranks} ranks")
-    zero: dict[str, Any] = {"stage": point.zero_stage}
-    pin = accelerator == "cuda"  # pinned host memory speeds up GPU<->CPU copies; it means nothing on CPU
-    if point.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": point.offload_optimizer, "pin_memory": pin}
-    if point.offload_param != "none":
-        zero["offload_param"] = {"device": point.offload_param, "pin_memory": pin}
-    tuned: dict[str, Any] = {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": point.micro_batch_size,
-        "gradient_accumulation_steps": accum,
-        "zero_optimization": zero,
-        **_precision_sections(precision),
-    }
-    if point.activation_checkpointing:
-        # DeepSpeed's section configures deepspeed.checkpointing; the model must still turn recomputation
-        # on (transformers: model.gradient_checkpointing_enable()), which the worker does for trials.
-        tuned["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
     config = copy.deepcopy(base)
     config.setdefault("optimizer", copy.deepcopy(DEFAULT_OPTIMIZER))
     config.setdefault("steps_per_print", 1_000_000)  # a trial's own timing is the report; keep logs quiet
     zero_base = config.get("zero_optimization", {})
-    if isinstance(zero_base, dict):  # offload settings the point does not use must not leak from the base
-        zero_base = {k: v for k, v in zero_base.items() if k not in ("offload_optimizer", "offload_param", "stage")}
-        config["zero_optimization"] = zero_base
-    config = _merge(config, tuned)
-    if "activation_checkpointing" not in tuned:
-        config.pop("activation_checkpointing", None)
+    if isinstance(zero_base, dict):  # what the main knobs set (stage, offload) must not leak from the base
+        owned = {key for k in MAIN for key in k.owns}
+        config["zero_optimization"] = {k: v for k, v in zero_base.items() if k not in owned}
+    tuned = {"train_batch_size": global_batch, "gradient_accumulation_steps": accum, **_precision_sections(precision)}
+    config = apply_knobs(_merge(config, tuned), point.items(), accelerator)
     return retarget(config, accelerator, base)[0]
+
+
+def apply_knobs(config: dict[str, Any], knobs: Iterable[tuple[str, Any]], accelerator: str) -> dict[str, Any]:
+    """A copy of `config` with each knob's value written by its declaration."""
+    out = copy.deepcopy(config)
+    for name, value in knobs:
+        BY_NAME[name].write(out, value, accelerator)
+    return out
 
 
 def retarget(config: dict[str, Any], accelerator: str, base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -91,10 +84,10 @@ def retarget(config: dict[str, Any], accelerator: str, base: dict[str, Any]) -> 
     notes = []
     zero = out.get("zero_optimization") or {}
     offloaded = False
-    for key in ("offload_optimizer", "offload_param"):
+    for key in OFFLOAD_SECTIONS:
         section = zero.get(key)
         if isinstance(section, dict) and str(section.get("device", "none")) in ("cpu", "nvme"):
-            offloaded = offloaded or key == "offload_optimizer"
+            offloaded = offloaded or key == OPTIMIZER_OFFLOAD
             pin = accelerator == "cuda"
             if section.get("pin_memory") != pin:
                 section["pin_memory"] = pin
@@ -130,7 +123,7 @@ def jit_ops(config: dict[str, Any], accelerator: str) -> set[str]:
     name = str(optimizer.get("type", "")).lower()
     params = optimizer.get("params") or {}
     zero = config.get("zero_optimization") or {}
-    offload = str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() in ("cpu", "nvme")
+    offload = str((zero.get(OPTIMIZER_OFFLOAD) or {}).get("device", "none")).lower() in ("cpu", "nvme")
     if name in _ADAM_TYPES and not params.get("torch_adam"):
         ops.add("cpu_adam" if offload else "fused_adam")
     elif name == "lamb":

@@ -71,6 +71,34 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class MemoryKnobs:
+    """The knob values the memory model reads, typed: the one place it takes them from a point."""
+
+    micro_batch_size: int
+    zero_stage: int
+    optimizer_offloaded: bool
+    params_offloaded: bool
+    checkpointing: bool
+    reduce_bucket_size: int | None = None  # the communication knobs the point sets (None: the setup's)
+    prefetch_bucket_size: int | None = None
+    overlap_comm: bool | None = None
+
+    @classmethod
+    def of(cls, point: Point) -> MemoryKnobs:
+        v = point.values()
+        return cls(
+            micro_batch_size=int(v["micro_batch_size"]),
+            zero_stage=int(v["zero_stage"]),
+            optimizer_offloaded=v["offload_optimizer"] != "none",
+            params_offloaded=v["offload_param"] != "none",
+            checkpointing=bool(v["activation_checkpointing"]),
+            reduce_bucket_size=v.get("reduce_bucket_size"),
+            prefetch_bucket_size=v.get("stage3_prefetch_bucket_size"),
+            overlap_comm=v.get("overlap_comm"),
+        )
+
+
+@dataclass(frozen=True)
 class Buckets:
     """DeepSpeed's communication buffer sizes in elements (its defaults, or the base config's)."""
 
@@ -154,11 +182,11 @@ class ModelStates:
     host_per_rank: float
 
 
-def model_states(num_params: int, largest_layer: int, point: Point, setup: Setup) -> ModelStates:
+def model_states(num_params: int, largest_layer: int, knobs: MemoryKnobs, setup: Setup) -> ModelStates:
     """Per-rank model states by ZeRO stage, precision and offload (see the module docstring for sources)."""
     n, g, p = float(num_params), float(setup.ranks), float(setup.param_bytes)
     mixed = p < 4
-    stage = point.zero_stage
+    stage = knobs.zero_stage
     host = 0.0
     if stage == 0:
         # fp16/bf16 wrapper: fp32 master weights and an fp32 gradient copy at step; plain torch optimizer in fp32
@@ -168,7 +196,7 @@ def model_states(num_params: int, largest_layer: int, point: Point, setup: Setup
         params = p * n
         grads = (p * n if stage == 1 else p * n / g) + 4 * n / g
         optim = 12 * n / g
-        if point.offload_optimizer != "none":
+        if knobs.optimizer_offloaded:
             host = 4 * n / g + optim  # fp32 gradient partition, master weights and moments
             grads, optim = (p * n if stage == 1 else 0.0), 0.0
     else:
@@ -176,10 +204,10 @@ def model_states(num_params: int, largest_layer: int, point: Point, setup: Setup
         params = p * n / g + working / 2
         grads = 4 * n / g + working / 2
         optim = 12 * n / g
-        if point.offload_optimizer != "none":
+        if knobs.optimizer_offloaded:
             host = 4 * n / g + optim
             grads, optim = working / 2, 0.0
-        if point.offload_param != "none":
+        if knobs.params_offloaded:
             host += p * n / g
             params = working / 2
     return ModelStates({"parameters": params, "gradients": grads, "optimizer_states": optim}, host)
@@ -246,7 +274,7 @@ def logits_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: int) -> flo
     return float(seq) * micro * shape.vocab_size * (4 + 4 + act_bytes)
 
 
-def buffer_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
+def buffer_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
     """DeepSpeed's communication buffers, whole on a GPU, on CPU only as far as the model fills them.
 
     Stage 0 flattens gradients into all-reduce buckets of up to allreduce_bucket_size elements; stages 1
@@ -258,14 +286,14 @@ def buffer_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
     def bucket(elements: int) -> float:
         return float(elements if setup.accelerator == "cuda" else min(elements, n)) * p
 
-    if point.zero_stage == 0:
+    if knobs.zero_stage == 0:
         return float(min(bk.allreduce_bucket_size, n)) * p if setup.ranks > 1 else 0.0
-    if point.zero_stage in (1, 2):
+    if knobs.zero_stage in (1, 2):
         return bucket(bk.reduce_bucket_size) * (2 if bk.overlap_comm else 1)
     return bucket(bk.reduce_bucket_size) + bucket(bk.prefetch_bucket_size)
 
 
-def build_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
+def build_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
     """Memory of the model as built before DeepSpeed casts and partitions it.
 
     On CPU every rank builds the fp32 model in its own memory (under zero.Init for stage 3: its fp32
@@ -273,37 +301,34 @@ def build_bytes(shape: ModelShape, point: Point, setup: Setup) -> float:
     the cast 16-bit model onto the device whole, except under zero.Init.
     """
     n = float(shape.num_parameters)
-    partitioned = point.zero_stage == 3 and setup.zero_init
+    partitioned = knobs.zero_stage == 3 and setup.zero_init
     if setup.accelerator == "cpu":
         return 4 * n / setup.ranks + 4 * shape.largest_layer_parameters if partitioned else 4 * n
     return 0.0 if partitioned else setup.param_bytes * n
 
 
-def host_bytes(shape: ModelShape, point: Point, setup: Setup, offloaded_per_rank: float) -> float:
+def host_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup, offloaded_per_rank: float) -> float:
     """Host memory per node: the larger of loading the model and the offloaded states, with DeepSpeed's 1.5x."""
-    partitioned = point.zero_stage == 3 and setup.zero_init
+    partitioned = knobs.zero_stage == 3 and setup.zero_init
     load = 4.0 * (shape.largest_layer_parameters if partitioned else shape.num_parameters) * setup.per_node
     return max(load, offloaded_per_rank * setup.per_node) * HOST_BUFFER_FACTOR
 
 
-def _with_point_buckets(setup: Setup, point: Point) -> Setup:
+def _with_point_buckets(setup: Setup, knobs: MemoryKnobs) -> Setup:
     """The setup with the point's own communication knobs (tuner.comm) in place of the base config's."""
-    comm = dict(point.comm)
     changes: dict[str, Any] = {}
-    for knob, field_name in (
-        ("reduce_bucket_size", "reduce_bucket_size"),
-        ("stage3_prefetch_bucket_size", "prefetch_bucket_size"),
-        ("overlap_comm", "overlap_comm"),
-    ):
-        if knob in comm:
-            changes[field_name] = comm[knob]
+    for field_name in ("reduce_bucket_size", "prefetch_bucket_size", "overlap_comm"):
+        value = getattr(knobs, field_name)
+        if value is not None:
+            changes[field_name] = value
     return replace(setup, buckets=replace(setup.buckets, **changes)) if changes else setup
 
 
 def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
     """The predicted peak for one point. On CPU the device is host memory: offloaded states stay in the rank."""
-    setup = _with_point_buckets(setup, point)
-    states = model_states(shape.num_parameters, shape.largest_layer_parameters, point, setup)
+    knobs = MemoryKnobs.of(point)
+    setup = _with_point_buckets(setup, knobs)
+    states = model_states(shape.num_parameters, shape.largest_layer_parameters, knobs, setup)
     act = setup.param_bytes  # activations in the training precision (DeepSpeed casts the model)
     parts = {"runtime": 0.0, **states.device}
     if setup.accelerator == "cpu":
@@ -311,19 +336,17 @@ def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
         parts["optimizer_states"] += states.host_per_rank  # "offloaded" to the same memory
     elif setup.runtime_gb is not None:
         parts["runtime"] = setup.runtime_gb * GB
-    seq, micro = setup.sequence_length, point.micro_batch_size
-    parts["activations"] = activation_bytes(shape, seq, micro, act, point.activation_checkpointing, setup.accelerator)
+    seq, micro = setup.sequence_length, knobs.micro_batch_size
+    parts["activations"] = activation_bytes(shape, seq, micro, act, knobs.checkpointing, setup.accelerator)
     parts["logits"] = logits_bytes(shape, seq, micro, act)
-    parts["buffers"] = buffer_bytes(shape, point, setup)
+    parts["buffers"] = buffer_bytes(shape, knobs, setup)
     train = sum(v for k, v in parts.items() if k != "runtime")
-    built = build_bytes(shape, point, setup)
-    flops = flops_per_token(
-        shape.matmul_parameters, shape.num_layers, shape.hidden_size, seq, point.activation_checkpointing
-    )
+    built = build_bytes(shape, knobs, setup)
+    flops = flops_per_token(shape.matmul_parameters, shape.num_layers, shape.hidden_size, seq, knobs.checkpointing)
     return Estimate(
         parts=parts,
         build_bytes=built,
         fragmentation_bytes=FRAGMENTATION * max(train, built),
-        host_bytes=host_bytes(shape, point, setup, states.host_per_rank),
+        host_bytes=host_bytes(shape, knobs, setup, states.host_per_rank),
         flops_per_token=flops.model,
     )

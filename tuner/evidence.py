@@ -5,9 +5,10 @@ be wrong about, so they overrule it in both directions:
 - a point that needs no more memory than one that fitted is kept (whatever the model predicts);
 - a point that needs at least as much as one that ran out of memory is ruled out, with no margin.
 
-"Needs at least as much" is read on the axes where it is known: a larger micro-batch, no checkpointing
-where the other had it, the same offload (on a CPU-only machine offloading moves nothing off the device,
-so offload does not count there), and the ZeRO stage only in the direction the trials showed. ZeRO
+"Needs at least as much" is read on the axes where it is known (the knob registry's memory orderings,
+tuner.orders): a larger micro-batch, no checkpointing where the other had it, the same offload (on a
+CPU-only machine offloading moves nothing off the device, so offload does not count there), and the ZeRO
+stage only in the direction the trials showed. ZeRO
 partitions states to save memory, but on a small model its buckets and flat copies outweigh the saving:
 on CPU mb8 z0 fitted 0.62 GB where mb8 z1, z2 and z3 ran out (benchmarks/results). So the direction is
 read from a pair of trials that differ only in stage, one fitted and one ran out; until such a pair
@@ -20,50 +21,12 @@ mb16 z1 ckpt ran out at a predicted 0.55 GB where mb8 z0 fitted at a predicted 0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tuner.orders import learned_direction, needs_at_least, same_but_learned
 from tuner.points import Point
 
 TOLERANCE = 0.01  # predictions this close count as equal (a partitioned gradient of a small model)
-
-
-def _offloads(point: Point) -> tuple[str, str]:
-    return point.offload_optimizer, point.offload_param
-
-
-def _same_but_stage(a: Point, b: Point, offload_counts: bool) -> bool:
-    return (
-        a.micro_batch_size == b.micro_batch_size
-        and a.activation_checkpointing == b.activation_checkpointing
-        and (not offload_counts or _offloads(a) == _offloads(b))
-    )
-
-
-def stage_direction(fitted: Sequence[Point], ran_out: Sequence[Point], offload_counts: bool = True) -> int:
-    """+1 when trials show a higher ZeRO stage needs more memory here, -1 when less, 0 when unknown or mixed."""
-    seen = {
-        (1 if oom.zero_stage > fit.zero_stage else -1)
-        for fit in fitted
-        for oom in ran_out
-        if oom.zero_stage != fit.zero_stage and _same_but_stage(fit, oom, offload_counts)
-    }
-    return seen.pop() if len(seen) == 1 else 0
-
-
-def _stage_at_least(hungry: Point, than: Point, direction: int) -> bool:
-    diff = hungry.zero_stage - than.zero_stage
-    return diff == 0 or diff * direction > 0
-
-
-def needs_at_least(hungry: Point, than: Point, direction: int, offload_counts: bool = True) -> bool:
-    """True when `hungry` needs at least the memory of `than` on every axis the trials or structure order."""
-    return (
-        hungry.micro_batch_size >= than.micro_batch_size
-        and hungry.activation_checkpointing <= than.activation_checkpointing
-        and (not offload_counts or _offloads(hungry) == _offloads(than))
-        and _stage_at_least(hungry, than, direction)
-    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +39,7 @@ class Evidence:
 
     @property
     def direction(self) -> int:
-        return stage_direction([p for p, _ in self.fitted], [p for p, _ in self.ran_out], self.offload_counts)
+        return learned_direction([p for p, _ in self.fitted], [p for p, _ in self.ran_out], self.offload_counts)
 
     def fitted_witness(self, point: Point) -> Point | None:
         """A fitted trial that needs at least as much as `point`: it must fit too."""
@@ -94,7 +57,7 @@ class Evidence:
                 return other, f"{other.label()} ran out of memory and this point needs at least as much"
 
         def alike(other: Point) -> bool:
-            return _same_but_stage(other, point, offload_counts=False)
+            return same_but_learned(other, point, on_device=False)
 
         higher_fit = any(alike(p) and gb >= predicted_gb * (1 - TOLERANCE) for p, gb in self.fitted)
         for other, gb in self.ran_out:

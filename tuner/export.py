@@ -16,6 +16,8 @@ from tuner import __version__
 from tuner.dsconfig import retarget
 from tuner.errors import SpaceError
 from tuner.handoff import for_world_size, hf_config, hf_training_args
+from tuner.knobs import MAIN
+from tuner.points import Point
 from tuner.results import objective_names
 from tuner.store import best_trial, original_number, pareto_front, redact, repeat_means
 from tuner.trial.failures import one_line
@@ -82,6 +84,21 @@ def _remeasured(study: optuna.Study, trial: FrozenTrial) -> dict[str, float] | N
     return None if mean is None else {"mean_value": mean[0], "measurements": mean[1]}
 
 
+def workload_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The knobs the production job must set in its own code (tuner.knobs `workload_note`), and what to do."""
+    point = Point.from_params(params)
+    out: dict[str, Any] = {}
+    notes = []
+    for k in MAIN:
+        if k.workload_note:
+            value = getattr(point, k.name)
+            out[k.name] = value
+            if value != k.neutral:
+                notes.append(k.workload_note)
+    out["note"] = "; ".join(notes) or "Nothing to set in the model's own code."
+    return out
+
+
 def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
     """Where the exported config came from: enough to trace it back and to judge it."""
     space = study.user_attrs.get("space", {})
@@ -104,12 +121,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "sequence_length": space.get("data", {}).get("sequence_length"),
         },
         "model_config": space.get("model", {}).get("config"),
-        "activation_checkpointing": bool(trial.params.get("activation_checkpointing", False)),
-        "note": (
-            "Enable activation checkpointing in the model (transformers: model.gradient_checkpointing_enable())"
-            if trial.params.get("activation_checkpointing")
-            else "Activation checkpointing off."
-        ),
+        **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
         "versions": _versions(),
@@ -173,7 +185,8 @@ def export(
     if fmt == "hf":
         config, hf_notes = hf_config(config)
         notes += hf_notes
-        args, args_path = hf_training_args(config, str(output)), _sibling(output, ".training_args.json")
+        point = Point.from_params(trial.params)
+        args, args_path = hf_training_args(config, str(output), point), _sibling(output, ".training_args.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     prov_path = _sibling(output, ".provenance.json")
     prov = provenance(study, trial, storage_url)

@@ -1,7 +1,8 @@
 """The guided sampler (pure): the next point to measure, or None when nothing left can plausibly win.
 
 It uses the structure of the space instead of sampling it blindly. Its assumptions, stated so they can be
-checked against the grid (benchmarks/search_efficiency.py):
+checked against the grid (benchmarks/search_efficiency.py), read the knob registry's orderings
+(tuner.knobs, tuner.orders) rather than naming knobs:
 1. Within a family (ZeRO stage, offload, checkpointing) throughput rises with the micro-batch size until
    memory runs out, so only the largest micro-batch that fits needs measuring; one that runs out of memory
    rules out the larger ones of its family, and the next smaller one is tried.
@@ -20,6 +21,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tuner.knobs import SCALE, family_key
+from tuner.orders import at_least_as_fast, work_key
 from tuner.points import Point
 
 DEFAULT_SLACK = 0.03
@@ -33,38 +36,14 @@ class Outcome:
     oom: bool = False
 
 
-def _work(point: Point) -> tuple[int, int, int]:
-    """Checkpointing, offload and ZeRO stage: the less of each, the earlier a point is tried."""
-    offload = (point.offload_optimizer != "none") + (point.offload_param != "none")
-    return int(point.activation_checkpointing), offload, point.zero_stage
+def _scale(point: Point) -> int:
+    """The point's value of the scale knob (the micro-batch): throughput rises with it until memory runs out."""
+    return int(getattr(point, SCALE.name))
 
 
-def _stage_no_faster(fast: int, slow: int) -> bool:
-    """ZeRO stage 1 <= 2 <= 3 in communication, and 0 <= 3; stage 0 is not ordered against 1 and 2."""
-    return fast == slow or (fast == 0 and slow == 3) or (0 < fast < slow)
-
-
-def at_least_as_fast(fast: Point, slow: Point, offload_is_slower: bool = True) -> bool:
-    """Assumption 2: the same micro-batch, and `slow` adds checkpointing, ZeRO partitioning or offload.
-
-    Offload counts only where it moves work off the device (`offload_is_slower`): on a CPU-only machine the
-    optimizer runs on the CPU either way, and DeepSpeed's CPU Adam can beat torch's AdamW.
-    """
-    if fast == slow or fast.micro_batch_size != slow.micro_batch_size:
-        return False
-    if fast.activation_checkpointing and not slow.activation_checkpointing:
-        return False
-    if not _stage_no_faster(fast.zero_stage, slow.zero_stage):
-        return False
-    for knob in ("offload_optimizer", "offload_param"):
-        fast_off, slow_off = getattr(fast, knob) != "none", getattr(slow, knob) != "none"
-        if fast_off != slow_off and not (offload_is_slower and slow_off):
-            return False
-    return True
-
-
-def family(point: Point) -> tuple[int, str, str, bool]:
-    return (point.zero_stage, point.offload_optimizer, point.offload_param, point.activation_checkpointing)
+def family(point: Point) -> tuple[object, ...]:
+    """The main knobs but the micro-batch (tuner.knobs.family_key): the family a point belongs to."""
+    return family_key(point.values())
 
 
 def bound(point: Point, measured: dict[Point, Outcome], offload_is_slower: bool = True) -> float:
@@ -73,7 +52,7 @@ def bound(point: Point, measured: dict[Point, Outcome], offload_is_slower: bool 
     for other, outcome in measured.items():
         if outcome.value is None:
             continue
-        same_family_larger = family(other) == family(point) and other.micro_batch_size > point.micro_batch_size
+        same_family_larger = family(other) == family(point) and _scale(other) > _scale(point)
         if same_family_larger or at_least_as_fast(other, point, offload_is_slower):
             best = min(best, outcome.value)
     return best
@@ -81,10 +60,7 @@ def bound(point: Point, measured: dict[Point, Outcome], offload_is_slower: bool 
 
 def blocked(point: Point, measured: dict[Point, Outcome]) -> bool:
     """A point at or above a micro-batch of its family that ran out of memory."""
-    return any(
-        o.oom and family(p) == family(point) and p.micro_batch_size <= point.micro_batch_size
-        for p, o in measured.items()
-    )
+    return any(o.oom and family(p) == family(point) and _scale(p) <= _scale(point) for p, o in measured.items())
 
 
 def next_point(
@@ -99,15 +75,15 @@ def next_point(
     best = max(values) if values else -math.inf
     open_points = [p for p in candidates if p not in measured and not blocked(p, measured) and fits(p)]
     # Within a family only the largest micro-batch still open is a candidate (assumption 1).
-    top: dict[tuple[int, str, str, bool], Point] = {}
+    top: dict[tuple[object, ...], Point] = {}
     for p in open_points:
         key = family(p)
-        if key not in top or p.micro_batch_size > top[key].micro_batch_size:
+        if key not in top or _scale(p) > _scale(top[key]):
             top[key] = p
     bounds = [(bound(p, measured, offload_is_slower), p) for p in top.values()]
     plausible = [(b, p) for b, p in bounds if b * (1 + slack) > best]
     if not plausible:
         return None
     # Unbounded points first, then the highest bound; then larger micro-batches and less work.
-    plausible.sort(key=lambda bp: (-bp[0], -bp[1].micro_batch_size, _work(bp[1]), bp[1].zero_stage))
+    plausible.sort(key=lambda bp: (-bp[0], -_scale(bp[1]), work_key(bp[1])))
     return plausible[0][1]

@@ -12,6 +12,8 @@ import copy
 from typing import Any
 
 from tuner.errors import SpaceError
+from tuner.knobs import MAIN
+from tuner.points import Point
 
 
 def world_sizes_that_divide(global_batch: int, micro: int, upto: int = 1024) -> list[int]:
@@ -66,8 +68,12 @@ def _param(config: dict[str, Any], *path: str) -> Any:
     return node
 
 
-def hf_training_args(config: dict[str, Any], config_path: str) -> dict[str, Any]:
-    """The TrainingArguments that match `config` (Trainer checks each of these against it)."""
+def hf_training_args(config: dict[str, Any], config_path: str, point: Point | None = None) -> dict[str, Any]:
+    """The TrainingArguments that match `config` (Trainer checks each of these against it).
+
+    The knobs Trainer has an argument for (tuner.knobs `hf_argument`: the micro-batch, checkpointing) take
+    the trial's values; without the point, the config's.
+    """
     args: dict[str, Any] = {
         "deepspeed": config_path,
         "per_device_train_batch_size": int(config["train_micro_batch_size_per_gpu"]),
@@ -76,6 +82,9 @@ def hf_training_args(config: dict[str, Any], config_path: str) -> dict[str, Any]
         "bf16": bool(_param(config, "bf16", "enabled")),
         "fp16": bool(_param(config, "fp16", "enabled")),
     }
+    for k in MAIN:
+        if point is not None and k.hf_argument:
+            args[k.hf_argument] = getattr(point, k.name)
     params = _param(config, "optimizer", "params") or {}
     if "lr" in params:
         args["learning_rate"] = params["lr"]

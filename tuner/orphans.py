@@ -10,7 +10,9 @@ import optuna
 import psutil
 from optuna.trial import TrialState
 
-INTERRUPTED = "interrupted"
+from tuner.trial.failures import Failure
+
+INTERRUPTED = Failure.INTERRUPTED
 OWNER = "owner"  # host:pid:start time of the `tuner search` that asked for the trial
 
 

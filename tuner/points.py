@@ -1,57 +1,124 @@
 """Points of the space: one DeepSpeed configuration to measure, and which combinations are valid.
 
 Pure: enumeration needs only the `Space`. A point that cannot be valid is dropped with its reason
-before anything launches, so no trial is spent finding out what arithmetic already knows.
+before anything launches, so no trial is spent finding out what arithmetic already knows. What a point
+holds is read from the knob registry (tuner.knobs): a value for every main knob, and the communication
+knobs a second-phase trial sets.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from tuner.space import Space
+from tuner.knobs import BY_NAME, COMM_NAMES, KNOBS, MAIN, MAIN_NAMES
+from tuner.knobs import invalid_reason as knob_problem
 
-COMM_PREFIX = "comm_"
+if TYPE_CHECKING:
+    from tuner.space import Space
+
+COMM_PREFIX = "comm_"  # communication knobs are stored as Optuna params `comm_<knob>`
+_ORDER = {k.name: i for i, k in enumerate(KNOBS)}
 
 
-@dataclass(frozen=True, order=True)
 class Point:
-    """The tuned knobs of one trial; the global batch is fixed by the space, not by the point."""
+    """The tuned knobs of one trial; the global batch is fixed by the space, not by the point.
 
-    micro_batch_size: int
-    zero_stage: int
-    offload_optimizer: str = "none"
-    offload_param: str = "none"
-    activation_checkpointing: bool = False
-    comm: tuple[tuple[str, Any], ...] = ()  # ZeRO communication knobs, sorted; () is DeepSpeed's defaults
+    `Point(4, 3, "cpu")` sets the main knobs in the registry's order, `Point(micro_batch_size=4, ...)` by
+    name; main knobs left out take their neutral value, and `comm` holds the communication knobs set.
+    Knob values read as attributes (`point.zero_stage`). Immutable and hashable.
+    """
+
+    __slots__ = ("_values",)
+    _values: tuple[tuple[str, Any], ...]
+
+    def __init__(self, *args: Any, comm: Iterable[tuple[str, Any]] = (), **values: Any) -> None:
+        if len(args) > len(MAIN_NAMES):
+            raise TypeError(f"at most {len(MAIN_NAMES)} positional knobs, got {len(args)}")
+        given = dict(zip(MAIN_NAMES, args, strict=False))
+        for name, value in (*values.items(), *comm):
+            if name not in BY_NAME:
+                raise TypeError(f"{name!r} is not a knob")
+            if name in given:
+                raise TypeError(f"knob {name!r} given twice")
+            given[name] = value
+        for k in MAIN:
+            if k.name not in given:
+                if k.neutral is None:
+                    raise TypeError(f"missing knob {k.name!r}")
+                given[k.name] = k.neutral
+        object.__setattr__(self, "_values", tuple(sorted(given.items(), key=lambda kv: _ORDER[kv[0]])))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in BY_NAME:
+            raise AttributeError(name)
+        return dict(object.__getattribute__(self, "_values")).get(name, BY_NAME[name].neutral)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Point is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._values,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __lt__(self, other: Point) -> bool:
+        return self._key() < other._key()
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple((name, str(value)) if isinstance(value, str) else (name, value) for name, value in self._values)
+
+    def __repr__(self) -> str:
+        return "Point(" + ", ".join(f"{name}={value!r}" for name, value in self._values) + ")"
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """Every knob the point sets, in the registry's order."""
+        return iter(self._values)
+
+    def values(self) -> dict[str, Any]:
+        """The knob values by name: every main knob, and the communication knobs set."""
+        return dict(self._values)
+
+    @property
+    def comm(self) -> tuple[tuple[str, Any], ...]:
+        """The communication knobs this point sets (a second-phase trial); () is DeepSpeed's defaults."""
+        return tuple((name, value) for name, value in self._values if name in COMM_NAMES)
+
+    def main(self) -> Point:
+        """This point without its communication knobs: the main point it varies."""
+        return Point(**{name: value for name, value in self._values if name in MAIN_NAMES})
+
+    def with_knob(self, name: str, value: Any) -> Point:
+        """This point with knob `name` set to `value`."""
+        values = self.values()
+        values[name] = value
+        return Point(**values)
 
     def params(self) -> dict[str, Any]:
         """The point as Optuna params (and YAML-style keys); communication knobs as `comm_<knob>`."""
-        params = asdict(self)
-        params.pop("comm")
-        params.update({f"{COMM_PREFIX}{knob}": value for knob, value in self.comm})
-        return params
+        return {(COMM_PREFIX + name if name in COMM_NAMES else name): value for name, value in self._values}
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Point:
-        """Rebuild a point from a trial's params; knobs a trial did not suggest take their defaults."""
-        known = {key: params[key] for key in cls.__dataclass_fields__ if key in params and key != "comm"}
-        comm = sorted((k.removeprefix(COMM_PREFIX), v) for k, v in params.items() if k.startswith(COMM_PREFIX))
-        return cls(**known, comm=tuple(comm))
+        """Rebuild a point from a trial's params; knobs a trial did not suggest take their neutral values."""
+        values = {key: value for key, value in params.items() if key in MAIN_NAMES}
+        comm = [(key.removeprefix(COMM_PREFIX), value) for key, value in params.items() if key.startswith(COMM_PREFIX)]
+        return cls(**values, comm=comm)
 
     def label(self) -> str:
         """A short human name: `mb4 z3 opt=cpu param=cpu ckpt`."""
-        parts = [f"mb{self.micro_batch_size}", f"z{self.zero_stage}"]
-        if self.offload_optimizer != "none":
-            parts.append(f"opt={self.offload_optimizer}")
-        if self.offload_param != "none":
-            parts.append(f"param={self.offload_param}")
-        if self.activation_checkpointing:
-            parts.append("ckpt")
-        parts.extend(f"{knob}={str(value).lower() if isinstance(value, bool) else value}" for knob, value in self.comm)
-        return " ".join(parts)
+        return " ".join(text for name, value in self._values if (text := BY_NAME[name].label(value)))
+
+
+def _rebuild(values: tuple[tuple[str, Any], ...]) -> Point:
+    return Point(**dict(values))
 
 
 def grad_accum(global_batch: int, micro_batch: int, ranks: int) -> int | None:
@@ -67,11 +134,7 @@ def invalid_reason(point: Point, global_batch: int, ranks: int) -> str | None:
             f"micro_batch_size {point.micro_batch_size} x {ranks} ranks does not divide "
             f"global_batch_size {global_batch}"
         )
-    if point.offload_param != "none" and point.zero_stage != 3:
-        return "offload_param needs zero_stage 3"
-    if point.offload_optimizer != "none" and point.zero_stage == 0:
-        return "offload_optimizer needs zero_stage 1 or higher"
-    return None
+    return knob_problem(point.values(), ranks)
 
 
 @dataclass(frozen=True)
@@ -87,13 +150,11 @@ class Enumeration:
 
 
 def enumerate_points(space: Space) -> Enumeration:
-    """Every combination of the space's lists, split into valid and dropped."""
-    s = space.space
+    """Every combination of the space's main-knob lists, split into valid and dropped."""
     valid: list[Point] = []
     dropped: list[tuple[Point, str]] = []
-    for combo in itertools.product(
-        s.micro_batch_size, s.zero_stage, s.offload_optimizer, s.offload_param, s.activation_checkpointing
-    ):
+    lists = [space.space.values_of(name) for name in MAIN_NAMES]
+    for combo in itertools.product(*lists):
         point = Point(*combo)
         reason = invalid_reason(point, space.training.global_batch_size, space.hardware.gpus_per_trial)
         if reason is None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.knobs import SCALE, family_label
 from tuner.results import objective_names, results_frame, table_text
 from tuner.store import best_trial, redact, repeat_means
 
@@ -41,14 +42,7 @@ pre { background: #f6f6f6; padding: 0.75rem; overflow-x: auto; font-size: 0.85re
 
 
 def _family(row: pd.Series) -> str:
-    label = f"z{row['zero_stage']}"
-    if row.get("offload_optimizer") not in (None, "none"):
-        label += f" opt={row['offload_optimizer']}"
-    if row.get("offload_param") not in (None, "none"):
-        label += f" param={row['offload_param']}"
-    if row.get("activation_checkpointing"):
-        label += " ckpt"
-    return label
+    return family_label(row)
 
 
 def throughput_figure(frame: pd.DataFrame) -> go.Figure:
@@ -61,10 +55,10 @@ def throughput_figure(frame: pd.DataFrame) -> go.Figure:
         done["family"] = done.apply(_family, axis=1)
         done["tokens"] = done["mean_of_measurements"].fillna(done["tokens_per_s"])
         for family, group in done.groupby("family", sort=True):
-            group = group.sort_values("micro_batch_size")
+            group = group.sort_values(SCALE.name)
             fig.add_trace(
                 go.Scatter(
-                    x=group["micro_batch_size"], y=group["tokens"], mode="lines+markers", name=str(family),
+                    x=group[SCALE.name], y=group["tokens"], mode="lines+markers", name=str(family),
                     text=group["point"], hovertemplate="%{text}<br>%{y:,.0f} tokens/s<extra></extra>",
                 )
             )  # fmt: skip

@@ -7,11 +7,13 @@ in the name, so results, the dashboard and export read the same fields.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.flops import flops_per_token, peak_tflops, work_figures
+from tuner.trial.spec import TrialSpec
 
 GB = 1024**3
 
@@ -28,6 +30,7 @@ class TrialResult:
     duration_s: float = 0.0
     nodes: list[str] = field(default_factory=list)  # where the ranks ran, node 0 first (on a Ray cluster)
     log_host: str | None = None  # the node whose disk holds log_path
+    spec: TrialSpec | None = None  # what the trial ran
 
     def __post_init__(self) -> None:
         assert (self.failure_category is None) == bool(self.figures), "either figures or a failure"
@@ -61,12 +64,26 @@ class TrialResult:
         """This result with its logs at `log_path` on `host` (brought back to the search's node)."""
         return dataclasses.replace(self, log_path=log_path, log_host=host)
 
+    def with_spec(self, spec: TrialSpec) -> TrialResult:
+        """This result with the spec of the trial that produced it."""
+        return dataclasses.replace(self, spec=spec)
+
+    def to_json(self) -> str:
+        """The record as JSON (it travels from a Tune trial to the searcher in the trial's last report)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialResult:
+        data = json.loads(text)
+        spec = data.pop("spec", None)
+        return cls(**data, spec=TrialSpec.from_dict(spec) if spec else None)
+
     @classmethod
     def failed(
         cls, category: str, reason: str, log_path: str | None = None, log_tail: str = "", duration_s: float = 0.0
     ) -> TrialResult:
-        """A failure record; the category is one of `tuner.trial.failures.CATEGORIES`."""
-        return cls({}, category, reason, log_path, log_tail, duration_s)
+        """A failure record; the category is one of `tuner.trial.failures.Failure`."""
+        return cls({}, str(category), reason, log_path, log_tail, duration_s)
 
 
 def spread(times: list[float]) -> float:
@@ -74,7 +91,7 @@ def spread(times: list[float]) -> float:
     return statistics.pstdev(times) / statistics.fmean(times)
 
 
-def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: float) -> dict[str, float]:
+def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float) -> dict[str, float]:
     """The store's figures from rank 0's result.json (step times already the slowest rank's) and the spec.
 
     The fixed cost of a trial is everything but its measured steps: launch, imports, model build,
@@ -83,14 +100,12 @@ def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: f
     times = [float(t) for t in raw["step_times_s"]]
     step = statistics.median(times)
     cv = spread(times)
-    global_batch, seq = spec["global_batch_size"], spec["sequence_length"]
+    global_batch, seq = spec.global_batch_size, spec.sequence_length
     tokens_per_s = global_batch * seq / step
     per_token = flops_per_token(
-        raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec["activation_checkpointing"]
+        raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec.activation_checkpointing
     )
-    peak = spec.get("peak_tflops") or (
-        peak_tflops(raw["device_name"], spec["precision"]) if raw["device"] == "cuda" else None
-    )
+    peak = spec.peak_tflops or (peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None)
     clock = raw["clock"]
     measure_s = clock["measured"] - clock["warmed_up"]
     figures = {
@@ -99,7 +114,7 @@ def figures_from_worker(raw: dict[str, Any], spec: dict[str, Any], duration_s: f
         "step_time_s": step,
         "step_time_cv": cv,
         "measured_steps": float(len(times)),
-        "noisy": float(cv > spec.get("max_cv", 1.0) and not raw.get("stopped_early")),
+        "noisy": float(cv > spec.max_cv and not raw.get("stopped_early")),
         "stopped_early": float(bool(raw.get("stopped_early"))),
         "peak_mem_gb": float(raw["peak_mem_bytes"]) / GB,
         "peak_reserved_gb": float(raw["peak_reserved_bytes"]) / GB,

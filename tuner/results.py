@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpaceError
+from tuner.knobs import MAIN_NAMES
 from tuner.points import COMM_PREFIX
 from tuner.store import REPEAT_OF, measured_trials, original_number, pareto_front, repeat_means
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FORMATS = ("table", "csv", "json", "parquet")
-POINT_COLUMNS = ("micro_batch_size", "zero_stage", "offload_optimizer", "offload_param", "activation_checkpointing")
+POINT_COLUMNS = MAIN_NAMES  # one column per main knob (tuner.knobs); communication knobs as comm_<knob>
 FIGURES = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps", "noisy", "stopped_early",
     "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",

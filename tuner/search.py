@@ -6,7 +6,6 @@ launches the trial's ranks with torchrun; Ray runs as many at once as the resour
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from tuner.comm import comm_budget
 from tuner.devices import device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
@@ -35,13 +33,14 @@ from tuner.placement import (
     trial_bundles,
 )
 from tuner.plan import MemoryPlanner, device_budget, estimate_setup, prune_margin
-from tuner.points import Point, enumerate_points, grad_accum
-from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
+from tuner.points import Point, enumerate_points
+from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.failures import one_line
 from tuner.trial.launch import run_trial
 from tuner.trial.nodes import node_name, prebuild_everywhere, run_spanning_trial, ship_to_head
+from tuner.trial.spec import TrialSpec
 
 
 @dataclass(frozen=True)
@@ -82,27 +81,9 @@ def memory_budget(space: Space, accelerator: str) -> float | None:
 
 def trial_spec(
     space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
-) -> dict[str, Any]:
-    """The JSON each rank's worker reads; `stop_over_step_s` is the early-stopping limit, if any."""
-    accum = grad_accum(space.training.global_batch_size, point.micro_batch_size, space.hardware.gpus_per_trial)
-    return {
-        "model_config": space.model_config_dict,
-        "sequence_length": space.data.sequence_length,
-        "micro_batch_size": point.micro_batch_size,
-        "grad_accum": accum,
-        "activation_checkpointing": point.activation_checkpointing,
-        "warmup_steps": space.trial.warmup_steps,
-        "measure_steps": space.trial.measure_steps,
-        "seed": space.search.seed,
-        "global_batch_size": space.training.global_batch_size,
-        "precision": space.training.precision,
-        "device_memory_gb": space.hardware.device_memory_gb,
-        "peak_tflops": space.hardware.peak_tflops,
-        "max_cv": space.trial.max_cv,
-        "max_measure_steps": space.trial.measure_cap,
-        "ds_config": ds_config,
-        "stop_over_step_s": stop_over_step_s,
-    }
+) -> TrialSpec:
+    """What each rank's worker reads; `stop_over_step_s` is the early-stopping limit, if any."""
+    return TrialSpec.build(space, point, ds_config, stop_over_step_s)
 
 
 def _trainable(config: dict[str, Any], context: TrialContext) -> None:
@@ -137,7 +118,7 @@ def _trainable(config: dict[str, Any], context: TrialContext) -> None:
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    report: dict[str, Any] = {RESULT_KEY: json.dumps(dataclasses.asdict(result)), **result.figures}
+    report: dict[str, Any] = {RESULT_KEY: result.to_json(), **result.figures}
     tune.report(report)
 
 
@@ -296,14 +277,11 @@ def run_search(
     reclaimed, foreign = reclaim_orphans(study)
     if reclaimed or foreign:
         on_event("reclaimed", {"reclaimed": reclaimed, "foreign": foreign})
-    searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
+    # Every point, then (the sampler's steps) guided's re-measurements and every communication knob value once.
+    searcher = StudySearcher(study, space, enumeration.valid, configs, on_event, memory, accelerator=accelerator)
     remaining = searcher.remaining()
-    # Every point, guided's re-measurements of the best few, then every communication knob value once.
-    repeats = REMEASURE_MAX_POINTS if space.search.sampler == "guided" and space.search.remeasure_within > 0 else 0
-    most = len(remaining) + repeats + comm_budget(space.space.comm_lists())
-    searcher.budget = min(space.search.max_trials or most, most)
     measured = measured_memory(study)
-    unfit = [p for p in remaining if memory.judge(p, measured, searcher.ran_out()).fits is False]
+    unfit = [p for p in remaining if memory.judge(p, measured, searcher.state.ran_out()).fits is False]
     on_event(
         "plan",
         {

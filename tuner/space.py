@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -22,11 +22,13 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from tuner.errors import SpaceError
+from tuner.knobs import BY_NAME, COMM, KNOBS, Knob
 
 DEFAULT_STORAGE = "sqlite:///tuner.sqlite3"
 OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
@@ -143,43 +145,38 @@ class HardwareSection(_Section):
         return self.gpus_per_trial // self.nodes_per_trial
 
 
-COMM_KNOB_NAMES = (
-    "overlap_comm",
-    "contiguous_gradients",
-    "reduce_bucket_size",
-    "allgather_bucket_size",
-    "stage3_prefetch_bucket_size",
-    "stage3_param_persistence_threshold",
-)
-_BOOL_KNOBS = ("activation_checkpointing", "overlap_comm", "contiguous_gradients")
-_TEXT_KNOBS = ("offload_optimizer", "offload_param")
+def _knob_field(k: Knob) -> tuple[Any, Any]:
+    """The pydantic field of a knob's list: its element type from the declaration, its default list."""
+    element: Any
+    if k.choices is not None:
+        element = Literal[k.choices]
+    elif k.kind is int:
+        element = (
+            PositiveInt if k.minimum == 1 else NonNegativeInt if k.minimum == 0 else Annotated[int, Field(ge=k.minimum)]
+        )
+    else:
+        element = k.kind
+    if k.default is None and k.phase == "main":
+        return list[element], Field(description=k.help)  # required
+    default = list(k.default) if k.default is not None else None
+    annotation = list[element] if default is not None else list[element] | None
+    return annotation, Field(default, description=k.help)
 
 
-class SpaceSection(_Section):
-    micro_batch_size: list[PositiveInt]
-    zero_stage: list[Literal[0, 1, 2, 3]] = [0, 1, 2, 3]
-    offload_optimizer: list[Literal["none", "cpu"]] = ["none"]
-    offload_param: list[Literal["none", "cpu"]] = ["none"]
-    activation_checkpointing: list[bool] = [False]
-    # Opt-in ZeRO communication knobs, searched at the best main point once the knobs above settle
-    # (tuner.comm); unset means DeepSpeed's default (or the base config's value).
-    overlap_comm: list[bool] | None = None
-    contiguous_gradients: list[bool] | None = None
-    reduce_bucket_size: list[PositiveInt] | None = None
-    allgather_bucket_size: list[PositiveInt] | None = None
-    stage3_prefetch_bucket_size: list[PositiveInt] | None = None
-    stage3_param_persistence_threshold: list[NonNegativeInt] | None = None
+class _SpaceBase(_Section):
+    """Each knob of tuner.knobs as a list of values to search (a single value is a one-element list)."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _lists(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None and info.field_name in COMM_KNOB_NAMES:
+        k = BY_NAME[str(info.field_name)]
+        if value is None and k.phase == "comm":
             return None
         value = _as_list(value)
         is_bool = [isinstance(item, bool) for item in value]
-        if info.field_name in _BOOL_KNOBS and not all(is_bool):
+        if k.kind is bool and not all(is_bool):
             raise ValueError("must be true or false (or a list of them)")
-        if info.field_name not in _BOOL_KNOBS and info.field_name not in _TEXT_KNOBS and any(is_bool):
+        if k.kind is int and any(is_bool):
             raise ValueError("must be integers, not true/false")
         return value
 
@@ -192,9 +189,19 @@ class SpaceSection(_Section):
                 raise ValueError(f"value {item!r} is listed twice")
         return value
 
+    def values_of(self, name: str) -> list[Any]:
+        """The listed values of knob `name` (its neutral value alone when a communication knob is unset)."""
+        values = getattr(self, name)
+        return list(values) if values is not None else [BY_NAME[name].neutral]
+
     def comm_lists(self) -> dict[str, list[Any]]:
-        """The communication knobs the space lists, by name."""
-        return {name: list(values) for name in COMM_KNOB_NAMES if (values := getattr(self, name)) is not None}
+        """The communication knobs the space lists, by name, in the registry's order."""
+        return {k.name: list(values) for k in COMM if (values := getattr(self, k.name)) is not None}
+
+
+SpaceSection = create_model(  # type: ignore[call-overload]
+    "SpaceSection", __base__=_SpaceBase, **{k.name: _knob_field(k) for k in KNOBS}
+)
 
 
 ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"]

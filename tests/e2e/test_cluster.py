@@ -211,10 +211,11 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tuner.trial.nodes import run_spanning_trial
+from tuner.trial.spec import TrialSpec
 
 address, spec_path, trial_dir = sys.argv[1:]
 ray.init(address=address, logging_level="ERROR")
-spec = json.loads(Path(spec_path).read_text())
+spec = TrialSpec.from_json(Path(spec_path).read_text())
 bundles = [{"CPU": 1.0}, {"CPU": 1.0}]
 group = placement_group(bundles, strategy="STRICT_SPREAD")
 ray.get(group.ready())
@@ -223,7 +224,7 @@ ray.get(group.ready())
 def trial():
     result = run_spanning_trial(spec, Path(trial_dir), bundles=bundles, ranks_per_node=1, accelerator="cpu",
                                 timeout_s=180)
-    return dataclasses.asdict(result)
+    return json.loads(result.to_json())
 
 where = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
                                          placement_group_capture_child_tasks=True)
@@ -238,8 +239,8 @@ def test_a_spanning_trial_that_fails_brings_back_every_nodes_error_and_leaves_no
     from tuner.points import Point
 
     spec = spec_for(Point(2, 1), precision="fp32", measure_steps=1)
-    spec["ds_config"]["train_batch_size"] = 9  # not micro x accumulation x ranks: DeepSpeed refuses it on every rank
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    spec.ds_config["train_batch_size"] = 9  # not micro x accumulation x ranks: DeepSpeed refuses it on every rank
+    (tmp_path / "spec.json").write_text(spec.to_json())
     trial_dir = tmp_path / "trial"
     done = subprocess.run([sys.executable, "-c", SPANNING_TRIAL, cluster["address"], str(tmp_path / "spec.json"),
                            str(trial_dir)], env=env(), capture_output=True, text=True, timeout=600, check=False,

@@ -44,8 +44,7 @@ def spec_for(
         default_study="integration",
     )
     spec = trial_spec(space, point, ds_configs_for(space, (point,), "cpu")[point])
-    spec.update(over)
-    return spec
+    return spec.replace(**over)
 
 
 def run(spec: dict[str, Any], tmp_path: Path, timeout_s: float = 240) -> TrialResult:
@@ -104,7 +103,7 @@ def test_real_trial_measures_every_stage(point: Point, tmp_path: Path, cpu_ops: 
 
 def test_config_deepspeed_rejects_is_invalid_config(tmp_path: Path, cpu_ops: None) -> None:
     spec = spec_for(Point(2, 1), precision="fp32", measure_steps=1)
-    spec["ds_config"]["train_batch_size"] = GLOBAL + 1  # not micro x accumulation x ranks: DeepSpeed refuses it
+    spec.ds_config["train_batch_size"] = GLOBAL + 1  # not micro x accumulation x ranks: DeepSpeed refuses it
     result = run(spec, tmp_path)
     assert result.failure_category == "invalid_config"
     assert "train_batch_size" in (result.failure_reason or "")
@@ -134,10 +133,10 @@ def test_a_trial_past_its_timeout_is_killed_with_all_its_ranks(tmp_path: Path, c
 def test_ranks_do_not_outlive_a_killed_tuner(tmp_path: Path, cpu_ops: None) -> None:
     """SIGKILL the process running the trial (as Ray does to a stopped trial's actor): no rank survives."""
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(spec_for(Point(2, 0), measure_steps=1000)))
+    spec_path.write_text(spec_for(Point(2, 0), measure_steps=1000).to_json())
     code = (
-        "import json, sys; from pathlib import Path; from tuner.trial.launch import run_trial; "
-        f"run_trial(json.loads(Path({str(spec_path)!r}).read_text()), Path({str(tmp_path / 'trial')!r}), "
+        "from pathlib import Path; from tuner.trial.launch import run_trial; from tuner.trial.spec import TrialSpec; "
+        f"run_trial(TrialSpec.from_json(Path({str(spec_path)!r}).read_text()), Path({str(tmp_path / 'trial')!r}), "
         f"ranks={RANKS}, accelerator='cpu', timeout_s=600)"
     )
     parent = subprocess.Popen([sys.executable, "-c", code])
@@ -174,19 +173,18 @@ def test_a_noisy_trial_measures_up_to_its_cap_and_a_given_peak_gives_mfu(tmp_pat
     ids=["stage2", "stage3"],
 )
 def test_communication_knobs_reach_deepspeed(knobs: dict[str, Any], tmp_path: Path, cpu_ops: None) -> None:
-    from tuner.comm import apply_comm, with_knob
     from tuner.export import check_with_deepspeed
 
     point = Point(2, 3 if "stage3_prefetch_bucket_size" in knobs else 2)
     for knob, value in knobs.items():
-        point = with_knob(point, knob, value)
-    spec = spec_for(point)
-    spec["ds_config"] = apply_comm(spec["ds_config"], point)
-    assert spec["ds_config"]["zero_optimization"].items() >= knobs.items()
+        point = point.with_knob(knob, value)
+    spec = spec_for(point)  # the point's knobs written by their declarations (tuner.knobs)
+    assert spec.ds_config["zero_optimization"].items() >= knobs.items()
     result = run(spec, tmp_path)
     assert result.ok, f"{result.failure_category}: {result.failure_reason}"
     # DeepSpeed's ZeRO section forbids unknown keys, so acceptance means it read these names.
-    misspelled = apply_comm(spec["ds_config"], with_knob(point, "overlap_com", False))
+    misspelled = json.loads(json.dumps(spec.ds_config))
+    misspelled["zero_optimization"]["overlap_com"] = False
     with pytest.raises(Exception, match="overlap_com"):
         check_with_deepspeed(misspelled, RANKS)
 

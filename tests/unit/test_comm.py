@@ -11,11 +11,12 @@ import pytest
 from ray.tune.search import Searcher
 
 from tests.unit.test_searcher import RAW
-from tuner.comm import apply_comm, comm_budget, next_comm_point, with_knob
-from tuner.dsconfig import build_ds_config
+from tuner.comm import comm_budget, next_comm_point
+from tuner.dsconfig import apply_knobs, build_ds_config
 from tuner.points import Point, enumerate_points
 from tuner.result import TrialResult
-from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
+from tuner.samplers import REMEASURE_MAX_POINTS
+from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import parse_space
 
 LISTS: dict[str, list[Any]] = {"overlap_comm": [True, False], "reduce_bucket_size": [50_000_000, 200_000_000]}
@@ -47,19 +48,19 @@ def test_a_knob_the_stage_does_not_read_is_skipped_and_a_failure_never_wins() ->
     only = next_comm_point(Point(4, 3), lists, {Point(4, 3): 1.0})
     assert only is not None and dict(only.comm) == {"stage3_prefetch_bucket_size": 10_000_000}
     base = Point(4, 2)
-    failed = with_knob(base, "overlap_comm", False)
-    measured: dict[Point, float | None] = {base: 5.0, failed: None, with_knob(base, "overlap_comm", True): 4.0}
+    failed = base.with_knob("overlap_comm", False)
+    measured: dict[Point, float | None] = {base: 5.0, failed: None, base.with_knob("overlap_comm", True): 4.0}
     nxt = next_comm_point(base, LISTS, measured)
     assert nxt is not None and dict(nxt.comm) == {"reduce_bucket_size": 50_000_000}  # the baseline's overlap kept
 
 
 def test_point_params_round_trip_and_config_carries_the_knobs() -> None:
-    point = with_knob(with_knob(Point(4, 2), "reduce_bucket_size", 5), "overlap_comm", False)
+    point = Point(4, 2).with_knob("reduce_bucket_size", 5).with_knob("overlap_comm", False)
     assert point.params()["comm_overlap_comm"] is False and "comm" not in point.params()
     assert Point.from_params(point.params()) == point
     assert point.label() == "mb4 z2 overlap_comm=false reduce_bucket_size=5"
     base = build_ds_config({}, Point(4, 2), global_batch=8, ranks=2, precision="bf16", accelerator="cpu")
-    config = apply_comm(base, point)
+    config = apply_knobs(base, point.comm, "cpu")
     assert config["zero_optimization"] == {"stage": 2, "overlap_comm": False, "reduce_bucket_size": 5}
     assert "overlap_comm" not in base["zero_optimization"]
 
@@ -73,8 +74,10 @@ def test_the_search_tunes_communication_after_the_main_knobs(sampler: str) -> No
     valid = enumerate_points(space).valid
     configs = {p: build_ds_config({}, p, global_batch=8, ranks=2, precision="bf16", accelerator="cpu") for p in valid}
     study = optuna.create_study(direction="maximize")
-    budget = len(valid) + REMEASURE_MAX_POINTS + comm_budget(LISTS)  # guided re-measures the best few first
-    searcher = StudySearcher(study, space, valid, configs, budget, lambda *_: None)
+    searcher = StudySearcher(study, space, valid, configs, lambda *_: None)
+    # every point, guided's re-measurements of the best few first, then every communication value once
+    extra = REMEASURE_MAX_POINTS if sampler == "guided" else 0
+    assert searcher.budget == len(valid) + extra + comm_budget(LISTS)
     run: list[Point] = []
     for i in range(50):
         suggestion = searcher.suggest(f"t{i}")

@@ -11,6 +11,7 @@ from tuner.calibration import Calibration, Measured, Sample, calibrate, family, 
 from tuner.estimate import (
     GB,
     Buckets,
+    MemoryKnobs,
     ModelShape,
     Setup,
     activation_bytes,
@@ -86,13 +87,13 @@ def test_zero3_model_states_equal_deepspeeds_estimator(
 
 def test_model_states_per_parameter_follow_the_zero_paper() -> None:
     n, ranks = 1_000_000, 4
-    fp32 = model_states(n, 0, Point(1, 0), gpu(ranks, "fp32"))
+    fp32 = model_states(n, 0, MemoryKnobs.of(Point(1, 0)), gpu(ranks, "fp32"))
     assert sum(fp32.device.values()) == 16 * n  # 4 parameters + 4 gradients + 8 moments
-    mixed = model_states(n, 0, Point(1, 0), gpu(ranks))
+    mixed = model_states(n, 0, MemoryKnobs.of(Point(1, 0)), gpu(ranks))
     assert sum(mixed.device.values()) == 20 * n  # 2 + 2 + 12, plus the fp32 gradient copy the wrapper steps on
-    stage1 = model_states(n, 0, Point(1, 1), gpu(ranks))
+    stage1 = model_states(n, 0, MemoryKnobs.of(Point(1, 1)), gpu(ranks))
     assert sum(stage1.device.values()) == 4 * n + 16 * n / ranks
-    totals = [sum(model_states(n, 10, Point(1, s), gpu(ranks)).device.values()) for s in (0, 1, 2, 3)]
+    totals = [sum(model_states(n, 10, MemoryKnobs.of(Point(1, s)), gpu(ranks)).device.values()) for s in (0, 1, 2, 3)]
     assert totals == sorted(totals, reverse=True)  # each stage partitions more
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from tuner.estimate import Setup, estimate
-from tuner.evidence import Evidence, needs_at_least, stage_direction
+from tuner.evidence import Evidence
+from tuner.orders import learned_direction as stage_direction
+from tuner.orders import needs_at_least
 from tuner.plan import Budget, decide
 from tuner.points import Point
 from tuner.workload.hf_causal_lm import model_shape
@@ -17,7 +19,7 @@ def test_the_stage_direction_is_read_from_a_fitted_and_an_out_of_memory_trial_th
     assert stage_direction([Point(8, 0)], [Point(16, 1)]) == 0  # differ in more than the stage: unknown
     assert stage_direction([Point(8, 0), Point(4, 3)], [Point(8, 1), Point(4, 0)]) == 0  # mixed: unknown
     assert stage_direction([Point(8, 0)], [Point(8, 1, "cpu")]) == 0  # offload differs where it counts
-    assert stage_direction([Point(8, 0)], [Point(8, 1, "cpu")], offload_counts=False) == 1
+    assert stage_direction([Point(8, 0)], [Point(8, 1, "cpu")], on_device=False) == 1
 
 
 def test_needs_at_least_orders_only_the_known_axes() -> None:
@@ -27,7 +29,7 @@ def test_needs_at_least_orders_only_the_known_axes() -> None:
     assert needs_at_least(Point(8, 2), Point(8, 1), direction=1)
     assert needs_at_least(Point(8, 0), Point(8, 1), direction=-1)
     assert not needs_at_least(Point(8, 1, "cpu"), Point(8, 1), direction=0)  # offload moves states off the GPU
-    assert needs_at_least(Point(8, 1, "cpu"), Point(8, 1), direction=0, offload_counts=False)
+    assert needs_at_least(Point(8, 1, "cpu"), Point(8, 1), direction=0, on_device=False)
 
 
 def test_a_point_needing_at_least_what_ran_out_is_ruled_out_and_the_rest_are_not() -> None:

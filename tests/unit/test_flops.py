@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tuner.flops import PEAK_TFLOPS, flops_per_token, peak_tflops, work_figures
 from tuner.result import GB, figures_from_worker
+from tuner.trial.spec import TrialSpec
 from tuner.workload.hf_causal_lm import build_config, model_facts
 
 GPT2_SMALL = {
@@ -145,7 +146,10 @@ def test_figures_from_a_worker_result_agree_with_each_other() -> None:
             "measured": 114.4,
         },
     }
-    spec = {"global_batch_size": 32, "sequence_length": 128, "activation_checkpointing": False, "precision": "bf16"}
+    spec = TrialSpec(
+        model_config={}, sequence_length=128, micro_batch_size=4, grad_accum=8, activation_checkpointing=False,
+        global_batch_size=32, precision="bf16", ds_config={},
+    )  # fmt: skip
     f = figures_from_worker(raw, spec, duration_s=20.0)
     assert f["step_time_s"] == pytest.approx(1.05)  # median of four
     assert f["tokens_per_s"] == pytest.approx(32 * 128 / 1.05)
@@ -157,5 +161,5 @@ def test_figures_from_a_worker_result_agree_with_each_other() -> None:
     assert (f["startup_s"], f["build_s"], f["initialize_s"], f["warmup_s"]) == (4.0, 1.0, 2.0, 2.0)
     assert f["measure_s"] == pytest.approx(4.4)
     assert f["fixed_overhead_s"] == pytest.approx(15.6) and f["overhead_share"] == pytest.approx(0.78)
-    noisy = figures_from_worker(raw, {**spec, "max_cv": 0.1, "peak_tflops": 100.0}, duration_s=20.0)
+    noisy = figures_from_worker(raw, spec.replace(max_cv=0.1, peak_tflops=100.0), duration_s=20.0)
     assert noisy["noisy"] == 1.0 and noisy["mfu"] == pytest.approx(noisy["tflops_per_device"] / 100.0)

@@ -19,8 +19,9 @@ from tuner.dsconfig import build_ds_config
 from tuner.estimate import ModelShape, Setup, estimate
 from tuner.plan import Budget, MemoryPlanner
 from tuner.points import Point, enumerate_points
+from tuner.recorder import suggest_point
 from tuner.result import TrialResult
-from tuner.searcher import RESULT_KEY, StudySearcher, suggest_point
+from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, parse_space
 
 RAW: dict[str, Any] = {
@@ -60,11 +61,9 @@ def drive(space: Space, study: optuna.Study, memory: MemoryPlanner | None = None
     """
     valid = enumerate_points(space).valid
     configs = {p: build_ds_config({}, p, global_batch=8, ranks=2, precision="bf16", accelerator="cpu") for p in valid}
-    remaining = len(valid) - len(StudySearcher(study, space, valid, configs, 0, lambda *_: None).done)
-    budget = min(space.search.max_trials or remaining, remaining)
     events: list[tuple[str, dict[str, Any]]] = []
     searcher = StudySearcher(
-        study, space, valid, configs, budget, lambda kind, data: events.append((kind, data)), memory=memory
+        study, space, valid, configs, lambda kind, data: events.append((kind, data)), memory=memory
     )
     run: list[Point] = []
     for i in range(200):
@@ -141,7 +140,7 @@ def test_a_result_without_figures_or_a_raised_trial_ends_as_fail() -> None:
     study = optuna.create_study(direction="maximize")
     valid = enumerate_points(space).valid
     configs = {p: {} for p in valid}
-    searcher = StudySearcher(study, space, valid, configs, 2, lambda *_: None)
+    searcher = StudySearcher(study, space, valid, configs, lambda *_: None)
     searcher.suggest("a")
     searcher.suggest("b")
     searcher.on_trial_complete("a", None, error=True)
@@ -155,14 +154,14 @@ def test_abandoned_trials_are_failed_as_interrupted() -> None:
     space = make_space("grid", max_trials=3)
     study = optuna.create_study(direction="maximize")
     valid = enumerate_points(space).valid
-    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
+    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, lambda *_: None)
     searcher.suggest("a")
     searcher.suggest("b")
     assert searcher.abandon_in_flight("stopped") == 2
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all(t.user_attrs["failure_category"] == "interrupted" for t in study.trials)
     # Interrupted points were not measured: a rerun runs them again, first.
-    rerun = StudySearcher(study, space, valid, {p: {} for p in valid}, 3, lambda *_: None)
+    rerun = StudySearcher(study, space, valid, {p: {} for p in valid}, lambda *_: None)
     assert rerun.remaining() == list(valid)
 
 
@@ -287,7 +286,7 @@ def test_a_trial_is_told_the_step_time_past_which_it_is_clearly_slower(
     study = optuna.create_study(directions=space.directions)
     valid = enumerate_points(space).valid
     configs = {p: {} for p in valid}
-    searcher = StudySearcher(study, space, valid, configs, 3, lambda *_: None)
+    searcher = StudySearcher(study, space, valid, configs, lambda *_: None)
     first = searcher.suggest("t0")
     assert isinstance(first, dict) and first["stop_over_step_s"] is None  # nothing measured yet
     result = fake_result(Point.from_params(first["point"]))  # a step of 1.0 s
@@ -303,7 +302,7 @@ def run_noisy(space: Space, draws: dict[Point, list[float]]) -> tuple[optuna.Stu
     """Drive the searcher with throughputs drawn in order per point: a noisy machine, scripted."""
     study = optuna.create_study(direction="maximize")
     valid = enumerate_points(space).valid
-    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, 20, lambda *_: None)
+    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, lambda *_: None)
     run: list[Point] = []
     for i in range(40):
         suggestion = searcher.suggest(f"t{i}")

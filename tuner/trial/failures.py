@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import signal
+from enum import StrEnum
 
-OOM = "oom"
-TIMEOUT = "timeout"
-CRASH = "crash"
-INVALID_CONFIG = "invalid_config"
-LAUNCH_ERROR = "launch_error"
-TUNER_ERROR = "tuner_error"
-CATEGORIES = (OOM, TIMEOUT, CRASH, INVALID_CONFIG, LAUNCH_ERROR, TUNER_ERROR)
+
+class Failure(StrEnum):
+    """Why a trial produced no figures. A StrEnum: stored and compared as its plain string value."""
+
+    OOM = "oom"  # out of memory on the device (or over hardware.device_memory_gb)
+    TIMEOUT = "timeout"  # past trial.timeout_s; every rank killed
+    CRASH = "crash"  # a rank raised or died
+    INVALID_CONFIG = "invalid_config"  # DeepSpeed refused the configuration, or has no kernel for it here
+    LAUNCH_ERROR = "launch_error"  # the ranks could not be started
+    TUNER_ERROR = "tuner_error"  # the tuner could not read the trial's result
+    DUPLICATE = "duplicate"  # TPE proposed a point already failed or running: not run again
+    INTERRUPTED = "interrupted"  # the search stopped (Ctrl-C, a killed search) before the trial ended
+
+
+OOM, TIMEOUT, CRASH = Failure.OOM, Failure.TIMEOUT, Failure.CRASH
+INVALID_CONFIG, LAUNCH_ERROR, TUNER_ERROR = Failure.INVALID_CONFIG, Failure.LAUNCH_ERROR, Failure.TUNER_ERROR
+CATEGORIES = tuple(Failure)
 
 _OOM_MARKERS = ("out of memory", "cannot allocate memory", "std::bad_alloc", "defaultcpuallocator: can't allocate")
 

@@ -6,6 +6,7 @@ shell string. Whatever happens, the whole group is killed before `run_trial` ret
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,13 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tuner.dsconfig import jit_ops
+from tuner.knobs import unsupported_on
+from tuner.points import Point
 from tuner.result import TrialResult, figures_from_worker
 from tuner.trial import failures
 from tuner.trial.env import worker_env
 from tuner.trial.ops import clear_orphaned_locks
+from tuner.trial.spec import TrialSpec
 
 _EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _CATEGORY_PRIORITY = (failures.OOM, failures.INVALID_CONFIG, failures.CRASH)
@@ -153,7 +156,7 @@ def _exit_failure(returncode: int, log_text: str) -> tuple[str, str]:
 
 
 def run_node(
-    spec: dict[str, Any],
+    spec: TrialSpec,
     work_dir: Path,
     *,
     ranks: int,
@@ -166,8 +169,8 @@ def run_node(
     """Run this node's ranks of a trial until they end or `timeout_s`; nothing of them is left running."""
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_path = work_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    clear_orphaned_locks(jit_ops(spec["ds_config"], accelerator))  # a build killed in an earlier trial
+    spec_path.write_text(spec.to_json())
+    clear_orphaned_locks(jit_ops(spec.ds_config, accelerator))  # a build killed in an earlier trial
     start = time.monotonic()
     env = worker_env(accelerator, ranks, cpus)
     env["TUNER_LAUNCH_EPOCH"] = repr(time.time())
@@ -203,8 +206,20 @@ def node_logs(trial_dir: Path) -> list[Path]:
     return [trial_dir / "trial.log", *others]
 
 
-def outcome(spec: dict[str, Any], trial_dir: Path, run: NodeRun, *, ranks: int, timeout_s: float) -> TrialResult:
+def outcome(
+    spec: TrialSpec, trial_dir: Path, run: NodeRun, *, ranks: int, timeout_s: float, accelerator: str = "cpu"
+) -> TrialResult:
     """The TrialResult from what the ranks left in `trial_dir` (every node's files brought together there)."""
+    result = _outcome(spec, trial_dir, run, ranks=ranks, timeout_s=timeout_s)
+    missing = unsupported_on(Point.from_params(spec.point).values(), accelerator) if spec.point else []
+    if not result.ok and missing:  # DeepSpeed's own error names no knob ("not implemented on CPU backend")
+        names = ", ".join(missing)
+        reason = f"{names}: DeepSpeed's {accelerator} accelerator has no kernel for it ({result.failure_reason})"
+        result = dataclasses.replace(result, failure_category=failures.INVALID_CONFIG, failure_reason=reason)
+    return result.with_spec(spec)
+
+
+def _outcome(spec: TrialSpec, trial_dir: Path, run: NodeRun, *, ranks: int, timeout_s: float) -> TrialResult:
     log_path = trial_dir / "trial.log"
     if run.launch_error is not None:
         return TrialResult.failed(failures.LAUNCH_ERROR, run.launch_error, str(log_path))
@@ -239,7 +254,7 @@ def outcome(spec: dict[str, Any], trial_dir: Path, run: NodeRun, *, ranks: int, 
 
 
 def run_trial(
-    spec: dict[str, Any],
+    spec: TrialSpec,
     trial_dir: Path,
     *,
     ranks: int,
@@ -249,4 +264,4 @@ def run_trial(
 ) -> TrialResult:
     """Run a one-node trial to completion, failure or timeout; never raises for the trial's own faults."""
     run = run_node(spec, trial_dir, ranks=ranks, accelerator=accelerator, timeout_s=timeout_s, cpus=cpus)
-    return outcome(spec, trial_dir, run, ranks=ranks, timeout_s=timeout_s)
+    return outcome(spec, trial_dir, run, ranks=ranks, timeout_s=timeout_s, accelerator=accelerator)

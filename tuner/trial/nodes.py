@@ -14,11 +14,11 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from tuner.result import TrialResult
 from tuner.trial.launch import NodeRun, Rendezvous, outcome, run_node, tail_of
 from tuner.trial.ops import prebuild_ops
+from tuner.trial.spec import TrialSpec
 
 REMOTE_GRACE_S = 60.0  # after node 0's ranks end, how long the other nodes get to end theirs and report
 MAX_FILE_BYTES = 4 * 1024**2  # a log is cut to its last 4 MB when it travels between nodes
@@ -57,7 +57,7 @@ def write_files(folder: Path, files: dict[str, bytes]) -> str:
 
 
 def _remote_node(
-    spec: dict[str, Any], rendezvous: Rendezvous, ranks: int, accelerator: str, timeout_s: float, cpus: int
+    spec: TrialSpec, rendezvous: Rendezvous, ranks: int, accelerator: str, timeout_s: float, cpus: int
 ) -> tuple[str, NodeRun, dict[str, bytes]]:
     """A Ray task: run one non-zero node's ranks in a scratch folder; return the node, how it ended, its files."""
     scratch = Path(tempfile.mkdtemp(prefix="tuner-node-"))
@@ -74,7 +74,7 @@ def _remote_node(
 
 
 def run_spanning_trial(
-    spec: dict[str, Any],
+    spec: TrialSpec,
     trial_dir: Path,
     *,
     bundles: list[dict[str, float]],
@@ -129,7 +129,7 @@ def run_spanning_trial(
         where.append(name)
         timed_out = timed_out or run.timed_out
     run = NodeRun(local.returncode, timed_out, local.duration_s, local.launch_error)
-    result = outcome(spec, trial_dir, run, ranks=ranks_per_node * nodes, timeout_s=timeout_s)
+    result = outcome(spec, trial_dir, run, ranks=ranks_per_node * nodes, timeout_s=timeout_s, accelerator=accelerator)
     return result.placed(where)
 
 

@@ -29,6 +29,7 @@ from tuner.trial.measure import (
     steady_state_done,
     timed_step,
 )
+from tuner.trial.spec import TrialSpec
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -92,7 +93,7 @@ def _cap_device_memory(budget_gb: float | None, device: Any) -> dict[str, float]
     return {"total": float(total), "outside": outside}
 
 
-def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
+def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     """The trial's body; `phase` is updated in place so a failure can be attributed."""
     clock = {"launched": float(os.environ.get("TUNER_LAUNCH_EPOCH", time.time()))}
     import deepspeed
@@ -113,7 +114,7 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
         accel.set_device(local_rank)
     device = torch.device(accel.device_name(local_rank))
     reduce_on_device([0.0], "sum", device)  # NCCL creates its communicator at the first collective: count it now
-    budget_gb = spec.get("device_memory_gb")
+    budget_gb = spec.device_memory_gb
     card = _cap_device_memory(budget_gb, device) if on_gpu else {"total": 0.0, "outside": 0.0}
     if budget_gb and not on_gpu:
         watch = threading.Thread(target=_watch_host_budget, args=(budget_gb * GB, out_dir, rank, phase), daemon=True)
@@ -123,16 +124,16 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     def peak_now() -> float:
         return float(torch.cuda.max_memory_allocated(device) if on_gpu else _peak_rss_bytes())
 
-    hf_causal_lm.import_model_code(spec["model_config"])
+    hf_causal_lm.import_model_code(spec.model_config)
     # the interpreter and libraries before any model exists: the rank's resident set on CPU, nothing on a GPU
     marks = {"runtime": float(torch.cuda.memory_allocated(device) if on_gpu else _rss_bytes())}
-    ds_config = spec["ds_config"]
+    ds_config = spec.ds_config
     phase[0] = "build"
     if (ds_config.get("zero_optimization") or {}).get("stage") == 3:
-        model = hf_causal_lm.build_partitioned_model(spec["model_config"], spec["seed"], ds_config)
+        model = hf_causal_lm.build_partitioned_model(spec.model_config, spec.seed, ds_config)
     else:
-        model = hf_causal_lm.build_model(spec["model_config"], seed=spec["seed"])
-    if spec["activation_checkpointing"]:
+        model = hf_causal_lm.build_model(spec.model_config, seed=spec.seed)
+    if spec.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     facts = hf_causal_lm.model_facts(model)
     vocab = hf_causal_lm.vocab_size(model)
@@ -147,25 +148,25 @@ def run(spec: dict[str, Any], out_dir: Path, phase: list[str]) -> None:
     clock["initialized"] = time.time()
 
     phase[0] = "train"
-    generator = torch.Generator().manual_seed(spec["seed"] + rank)
+    generator = torch.Generator().manual_seed(spec.seed + rank)
     # One optimizer step's micro-batches, made on the device before any timing and reused by every step: the
     # values do not change a step's time, and no host copy falls inside the clock.
     batches = hf_causal_lm.synthetic_batches(
-        generator, vocab, spec["micro_batch_size"], spec["sequence_length"], device, count=spec["grad_accum"]
+        generator, vocab, spec.micro_batch_size, spec.sequence_length, device, count=spec.grad_accum
     )
-    for _ in range(spec["warmup_steps"]):
+    for _ in range(spec.warmup_steps):
         timed_step(engine, batches, accel.synchronize)
     clock["warmed_up"] = time.time()
     times: list[float] = []
     loss = None
-    target = spec["measure_steps"]
-    cap = max(target, spec.get("max_measure_steps") or target)
+    target = spec.measure_steps
+    cap = max(target, spec.max_measure_steps or target)
     stopped_early = False
-    while not steady_state_done(times, target, cap, spec.get("max_cv", 1.0)):
+    while not steady_state_done(times, target, cap, spec.max_cv):
         elapsed, loss = timed_step(engine, batches, accel.synchronize)
         # The slowest rank sets the pace; every rank gets the same list, so all decide alike when to stop.
         times.append(reduce_on_device([elapsed], "max", device)[0])
-        if clearly_slower(times, spec.get("stop_over_step_s")):
+        if clearly_slower(times, spec.stop_over_step_s):
             stopped_early = True
             break
     clock["measured"] = time.time()
@@ -217,7 +218,7 @@ def main(argv: list[str]) -> int:
     """Entry point of one rank; returns the process exit code."""
     die_with_parent(signal.SIGKILL)  # a rank must not outlive its torchrun
     spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text())
+    spec = TrialSpec.from_json(spec_path.read_text())
     out_dir = spec_path.parent
     rank = int(os.environ.get("RANK", "0"))
     phase = ["start"]

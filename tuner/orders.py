@@ -1,0 +1,99 @@
+"""The orderings the search rules read from the knob registry (pure): more memory, and more work.
+
+A knob's `memory` says which of its values needs more device memory when nothing else changes: "more"
+(a larger value: the micro-batch), "less" (checkpointing), "same" (no order: offload moves states, so only
+equal values compare; on a CPU-only machine it moves nothing off the device and is ignored), "learned" (the
+ZeRO stage: partitioning saves memory, but on a small model its buckets and flat copies outweigh the saving,
+so the direction is read from trials). Its `work` says which value adds work to a step: "adds" (a non-neutral
+value never makes a step faster: checkpointing, and offload where a device exists), "same" (no order: only
+equal values compare, the micro-batch), or the ZeRO stage's own order (1 <= 2 <= 3 and 0 <= 3 in
+communication; 0 not ordered against 1 and 2). Communication-phase knobs take no part: the rules are
+about main points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tuner.knobs import MAIN, Knob
+from tuner.points import Point
+
+LEARNED = next(k for k in MAIN if k.memory == "learned")
+
+
+def _counts(k: Knob, on_device: bool) -> bool:
+    """Whether the knob's value matters here: device-only knobs do nothing on a CPU-only machine."""
+    return on_device or not k.device_only
+
+
+def same_but_learned(a: Point, b: Point, on_device: bool = True) -> bool:
+    """Whether `a` and `b` differ at most in the knob whose memory order is learned (the ZeRO stage)."""
+    return all(
+        getattr(a, k.name) == getattr(b, k.name)
+        for k in MAIN
+        if k is not LEARNED and _counts(k, on_device) and k.memory != "none"
+    )
+
+
+def learned_direction(fitted: Sequence[Point], ran_out: Sequence[Point], on_device: bool = True) -> int:
+    """+1 when trials show a larger value of the learned knob needs more memory here, -1 less, 0 unknown/mixed.
+
+    Read from a pair of trials that differ only in that knob, one fitted and one ran out of memory.
+    """
+    name = LEARNED.name
+    seen = {
+        (1 if getattr(oom, name) > getattr(fit, name) else -1)
+        for fit in fitted
+        for oom in ran_out
+        if getattr(oom, name) != getattr(fit, name) and same_but_learned(fit, oom, on_device)
+    }
+    return seen.pop() if len(seen) == 1 else 0
+
+
+def needs_at_least(hungry: Point, than: Point, direction: int, on_device: bool = True) -> bool:
+    """True when `hungry` needs at least the memory of `than` on every axis the trials or the registry order."""
+    for k in MAIN:
+        a, b = getattr(hungry, k.name), getattr(than, k.name)
+        if k.memory == "more" and not a >= b:
+            return False
+        if k.memory == "less" and not a <= b:
+            return False
+        if k.memory == "same" and _counts(k, on_device) and a != b:
+            return False
+        if k.memory == "learned" and a != b and (a - b) * direction <= 0:
+            return False
+    return True
+
+
+def _stage_no_faster(fast: int, slow: int) -> bool:
+    """ZeRO stage 1 <= 2 <= 3 in communication, and 0 <= 3; stage 0 is not ordered against 1 and 2."""
+    return fast == slow or (fast == 0 and slow == 3) or (0 < fast < slow)
+
+
+def at_least_as_fast(fast: Point, slow: Point, offload_is_slower: bool = True) -> bool:
+    """`fast` is at least as fast as `slow`: the same on every unordered knob, and `slow` only adds work.
+
+    Device-only knobs (offload) add work only where they move it off a device (`offload_is_slower`): on a
+    CPU-only machine the optimizer runs on the CPU either way, and DeepSpeed's CPU Adam can beat torch's.
+    """
+    if fast == slow:
+        return False
+    for k in MAIN:
+        a, b = getattr(fast, k.name), getattr(slow, k.name)
+        if k.work == "zero_stage":
+            if not _stage_no_faster(a, b):
+                return False
+        elif k.work == "adds" and _counts(k, offload_is_slower):
+            if a != k.neutral and a != b:
+                return False  # `fast` does work `slow` does not (or other work)
+        elif a != b:
+            return False
+    return True
+
+
+def work_key(point: Point) -> tuple[int, ...]:
+    """Less work first: the work-adding knobs set (those that add on every machine first), then the stage."""
+    everywhere = sum(getattr(point, k.name) != k.neutral for k in MAIN if k.work == "adds" and not k.device_only)
+    device = sum(getattr(point, k.name) != k.neutral for k in MAIN if k.work == "adds" and k.device_only)
+    stages = [int(getattr(point, k.name)) for k in MAIN if k.work == "zero_stage"]
+    return (everywhere, device, *stages)

@@ -1,0 +1,88 @@
+"""The trial spec: one frozen record of what a trial runs, from the search to the ranks and into the result.
+
+The search builds it (`TrialSpec.build`), the launcher writes it as JSON beside the trial (`spec.json`, the
+only way the space reaches the ranks: never a command line), each rank's worker reads it back, and the
+TrialResult of the trial carries it, so a figure can always be traced to what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuner.points import Point
+    from tuner.space import Space
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a trial's ranks need: the workload, the batch layout, the measurement rules, the config."""
+
+    model_config: dict[str, Any]
+    sequence_length: int
+    micro_batch_size: int
+    grad_accum: int
+    activation_checkpointing: bool
+    global_batch_size: int
+    precision: str
+    ds_config: dict[str, Any]
+    point: dict[str, Any] = field(default_factory=dict)  # the knob values (Optuna params) the trial measures
+    seed: int = 0
+    warmup_steps: int = 2
+    measure_steps: int = 5
+    max_measure_steps: int | None = None
+    max_cv: float = 1.0
+    device_memory_gb: float | None = None
+    peak_tflops: float | None = None
+    stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step
+
+    @classmethod
+    def build(
+        cls, space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
+    ) -> TrialSpec:
+        """The spec of `point` in `space`, with its complete ds_config."""
+        from tuner.points import grad_accum
+
+        ranks = space.hardware.gpus_per_trial
+        accum = grad_accum(space.training.global_batch_size, point.micro_batch_size, ranks)
+        assert accum is not None, f"{point.label()} is not a valid point for {ranks} ranks"
+        return cls(
+            model_config=space.model_config_dict,
+            sequence_length=space.data.sequence_length,
+            micro_batch_size=point.micro_batch_size,
+            grad_accum=accum,
+            activation_checkpointing=bool(point.activation_checkpointing),
+            global_batch_size=space.training.global_batch_size,
+            precision=space.training.precision,
+            ds_config=ds_config,
+            point=point.params(),
+            seed=space.search.seed,
+            warmup_steps=space.trial.warmup_steps,
+            measure_steps=space.trial.measure_steps,
+            max_measure_steps=space.trial.measure_cap,
+            max_cv=space.trial.max_cv,
+            device_memory_gb=space.hardware.device_memory_gb,
+            peak_tflops=space.hardware.peak_tflops,
+            stop_over_step_s=stop_over_step_s,
+        )
+
+    def replace(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialSpec:
+        return cls.from_dict(json.loads(text))
