@@ -13,6 +13,10 @@ Sources, so each term can be checked:
   gradients to host memory; parameter offload (stage 3) moves the 16-bit partition too. Host figures
   follow DeepSpeed's estimators: the larger of loading the model (4 bytes per parameter per rank, or only
   the largest layer under zero.Init) and the offloaded states, times its 1.5 buffer factor.
+- ZeRO++ (Wang et al. 2023): hpZ keeps a secondary copy of the 16-bit parameters partitioned within groups
+  of zero_hpz_partition_size ranks, p x N / hpz bytes more per rank; qwZ gathers a layer in int8 (its
+  parameter count in bytes) before dequantizing it. qgZ's 4-bit gradient buffers are not counted (a bucket
+  in 4 bits).
 - Activations per layer (Korthikanti et al. 2022, "Reducing Activation Recomputation", section 4.1):
   s*b*h*(34 + 5*a*s/h) bytes for a GPT layer in 16 bits, written out term by term below so that gated MLPs
   (Llama), grouped-query attention, unfused activation functions (GPT-2's gelu_new keeps 4 tensors where
@@ -79,6 +83,8 @@ class MemoryKnobs:
     optimizer_offloaded: bool
     params_offloaded: bool
     checkpointing: bool
+    hpz_partition_size: int = 1  # ZeRO++ hpZ: ranks per secondary parameter partition
+    quantized_weights: bool = False  # ZeRO++ qwZ
     reduce_bucket_size: int | None = None  # the communication knobs the point sets (None: the setup's)
     prefetch_bucket_size: int | None = None
     overlap_comm: bool | None = None
@@ -92,6 +98,8 @@ class MemoryKnobs:
             optimizer_offloaded=v["offload_optimizer"] != "none",
             params_offloaded=v["offload_param"] != "none",
             checkpointing=bool(v["activation_checkpointing"]),
+            hpz_partition_size=int(v.get("zero_hpz_partition_size") or 1),
+            quantized_weights=bool(v.get("zero_quantized_weights")),
             reduce_bucket_size=v.get("reduce_bucket_size"),
             prefetch_bucket_size=v.get("stage3_prefetch_bucket_size"),
             overlap_comm=v.get("overlap_comm"),
@@ -210,6 +218,11 @@ def model_states(num_params: int, largest_layer: int, knobs: MemoryKnobs, setup:
         if knobs.params_offloaded:
             host += p * n / g
             params = working / 2
+        if knobs.hpz_partition_size > 1:
+            # hpZ keeps a secondary copy of the 16-bit parameters partitioned over its group, on the device
+            params += p * n / knobs.hpz_partition_size
+        if knobs.quantized_weights:
+            params += 1.0 * largest_layer  # qwZ gathers a layer in int8 before it is dequantized
     return ModelStates({"parameters": params, "gradients": grads, "optimizer_states": optim}, host)
 
 

@@ -147,6 +147,17 @@ KNOBS: tuple[Knob, ...] = (
          _zero_key("stage3_prefetch_bucket_size"), phase="comm", stages=(3,)),
     Knob("stage3_param_persistence_threshold", int, "Parameters this small stay whole on every rank.",
          _zero_key("stage3_param_persistence_threshold"), phase="comm", minimum=0, stages=(3,)),
+    # ZeRO++ (DeepSpeed's ZeRO++ tutorial): quantized weight all-gathers (qwZ), quantized gradient
+    # reduce-scatter (qgZ), and a secondary copy of the parameters partitioned within groups of
+    # zero_hpz_partition_size ranks (hpZ, a node's GPUs), so the forward's all-gathers stay in the node.
+    Knob("zero_quantized_weights", bool, "qwZ: all-gather ZeRO-3 weights in int8.",
+         _zero_key("zero_quantized_weights"), phase="comm", choices=(False, True), neutral=False,
+         stages=(3,), cpu_kernel=False),
+    Knob("zero_quantized_gradients", bool, "qgZ: reduce-scatter gradients in int4 (all-to-all).",
+         _zero_key("zero_quantized_gradients"), phase="comm", choices=(False, True), neutral=False,
+         stages=(3,), cpu_kernel=False),
+    Knob("zero_hpz_partition_size", int, "hpZ: ranks per secondary parameter partition (1: off).",
+         _zero_key("zero_hpz_partition_size"), phase="comm", neutral=1, stages=(3,), ranks_rule=_divides_ranks),
 )  # fmt: skip
 
 BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}

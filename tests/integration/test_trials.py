@@ -225,3 +225,29 @@ def test_a_rank_killed_mid_trial_is_a_crash(tmp_path: Path, cpu_ops: None) -> No
     assert outcome and outcome[0].failure_category == "crash", outcome
     assert "SIGKILL" in (outcome[0].failure_reason or "")
     assert not processes_of(tmp_path / "trial")
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "category"),
+    [
+        ("zero_quantized_weights", True, "invalid_config"),  # DeepSpeed's quantizer is a CUDA kernel
+        ("zero_quantized_gradients", True, "invalid_config"),
+        ("zero_hpz_partition_size", 2, None),  # ran on CPU: a secondary partition over both ranks
+    ],
+)
+def test_zero_plus_plus_on_cpu_runs_hpz_and_names_the_knob_deepspeed_has_no_cpu_kernel_for(
+    knob: str, value: Any, category: str | None, tmp_path: Path, cpu_ops: None
+) -> None:
+    """ZeRO++ on 2 CPU ranks (gloo): hpZ completes; qwZ and qgZ end invalid_config with a reason naming the
+    knob (DeepSpeed itself says only "This op had not been implemented on CPU backend")."""
+    point = Point(2, 3).with_knob(knob, value)
+    spec = spec_for(point, precision="fp32")
+    assert spec.ds_config["zero_optimization"][knob] == value
+    result = run(spec, tmp_path)
+    assert result.failure_category == category, (result.failure_reason, result.log_tail[-2000:])
+    if category:
+        assert result.failure_reason is not None and f"{knob}=true" in result.failure_reason
+        assert "no kernel" in result.failure_reason
+    else:
+        assert result.figures["tokens_per_s"] > 0
+    assert not processes_of(tmp_path / "trial")
