@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.landscapes import LOADERS, landscape
 from tuner.guided import Outcome, at_least_as_fast, bound, next_point
 from tuner.points import Point
 
@@ -121,3 +122,32 @@ def test_bounds_follow_the_stated_assumptions() -> None:
 
 def test_nothing_measured_yet_starts_with_the_largest_micro_batch_and_least_work() -> None:
     assert next_point(SPACE, {}) == Point(32, 0)
+
+
+def test_the_landscapes_are_what_the_files_record() -> None:
+    """Sizes, failures, true bests and noise of the landscapes the figures in this module are about."""
+    rows = {
+        name: (
+            len(land.points),
+            land.space_size,
+            sum(v is None for v in land.values().values()),
+            land.best()[0].label(),
+            round(land.best()[1]),
+        )
+        for name, land in ((name, landscape(name)) for name in LOADERS)
+    }
+    assert rows == {
+        "search-efficiency": (70, 70, 19, "mb8 z0", 7232),  # 7,302 over the 7 runs the evidence report pools
+        "quickstart": (12, 12, 0, "mb8 z0", 20027),
+        "ds-autotuner-ours": (8, 84, 0, "mb16 z1 opt=cpu", 5711),
+        "ds-autotuner-deepspeed": (5, 84, 0, "mb32 z2", 6449),
+        "cluster-1-node": (4, 4, 0, "mb8 z0", 11367),
+        "cluster-2-node": (4, 4, 0, "mb8 z3", 13615),
+    }
+    efficiency = landscape("search-efficiency")
+    assert max(efficiency.noise.values()) == pytest.approx(0.086, abs=0.001)
+    assert len(efficiency.measurements[Point(8, 0)]) == 9
+    # At the budget's edge the same point fitted in one run and not in another; it counts as out of memory
+    # where it ran out in at least half its trials, and a noisy draw runs it out as often as the file did.
+    assert efficiency.oom_share(Point(16, 2, activation_checkpointing=True)) == pytest.approx(0.8)
+    assert efficiency.oom_share(Point(16, 2, "cpu", activation_checkpointing=True)) == pytest.approx(0.5)
