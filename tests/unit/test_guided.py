@@ -12,7 +12,9 @@ its figure, so a change to guided that moves one is seen, and the comments keep 
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pytest
 
@@ -21,6 +23,7 @@ from tuner.guided import Outcome, next_point
 from tuner.points import Point
 
 Trace = list[tuple[Point, Outcome]]
+NOISY_SEEDS = range(100)
 # Replayed on a landscape's means, guided's pick is worth at least this share of the true best everywhere:
 # 100% on five landscapes, 99.7% on ds-autotuner-deepspeed (mb16 z0 for mb32 z2, see its note below).
 PICK_SHARE = 0.99
@@ -69,29 +72,55 @@ def check_trace(trace: Trace) -> None:
             ), f"{point.label()} proposed after {earlier.label()} ran out of memory"
 
 
-# The most trials guided spends on each landscape's means, a little above the figure observed (comments).
-MAX_TRIALS = {
-    # 70 points, all run by the grid, 19 out of memory (0.62 GB budget): 25 trials (36%), 18 of them out of
-    # memory: without the evidence rules guided tries the largest micro-batch of every family (at mb16, 12
-    # of the 13 it tried ran out). The searcher, with those rules and re-measurement, launched 11-16
-    # (README); the guided of the first file, before them, 33-34. Pick: mb8 z0, best by a mean of 9 runs.
-    "search-efficiency": 27,
-    # 12 points, each once; no failure: 5 trials (42%); pick mb8 z0.
-    "quickstart": 6,
+@dataclass(frozen=True)
+class Expected:
+    """Bounds on one landscape's replays, each a little beyond the figure observed (in the comments)."""
+
+    trials: int  # at most, on the landscape's means
+    noisy_trials: int  # at most, over the noisy draws
+    worst: float  # the worst draw's pick, as a share of the true best: at least
+    mean: float  # the mean over the draws of that share: at least
+    vs_grid: float  # that mean minus the grid's (every point measured once, same draws): at least
+
+
+# On the means no pick misses by more than 0.3%. Under noise a single draw's pick can miss by more than the
+# README's median run-to-run spread (13%): by up to 33% (quickstart), 29% (ds-autotuner-ours), 24% (cluster
+# on one node), 14% (search-efficiency); measuring every point once misses as badly on the same draws except
+# on the two ds-autotuner landscapes, where guided does worse (its assumptions fail there by 14-40%).
+EXPECTED = {
+    # 70 points, all run by the grid, 19 out of memory (0.62 GB budget). On the means: 25 trials (36%), 18 of
+    # them out of memory: without the evidence rules guided tries the largest micro-batch of every family
+    # (at mb16, 12 of the 13 it tried ran out). The searcher, with those rules and re-measurement, launched
+    # 11-16 (README); the guided of the first file, before them, 33-34. Pick: mb8 z0, best by a mean of 9 runs.
+    # Noise 8.6% (pooled over 39 points measured 2-9 times): 24-30 trials; pick 85.9-100% of the best,
+    # mean 96.4%, within 5% in 59 draws of 100; the grid's pick on the same draws: mean 95.6%, 44 of 100.
+    "search-efficiency": Expected(trials=27, noisy_trials=32, worst=0.85, mean=0.95, vs_grid=0.0),
+    # 12 points, each once; no failure. 5 trials (42%); pick mb8 z0. Noise: each trial's step-time CV
+    # (2.5-21%; single steps, so an upper estimate for a median of 5): 4-7 trials; pick 66.7-100%, mean
+    # 96.7%, within 5% in 86 of 100: the same pick as the grid's in all 100 (the misses are the noise's,
+    # mb2 z0 at CV 21% drawn above mb8 z0). With the CV scaled to a median of 5 steps (x 1.25 / sqrt(5))
+    # every draw picks mb8 z0.
+    "quickstart": Expected(trials=6, noisy_trials=8, worst=0.65, mean=0.95, vs_grid=0.0),
     # 8 of the 84-point space, those our runner measured (6 chosen by the guided run itself, so close to a
-    # replay of that run): 6 trials; pick mb16 z1 opt=cpu (its mean of 3).
-    "ds-autotuner-ours": 7,
-    # 5 points, DeepSpeed's autotuner's own figures at global batch 32, fast and full mode: 3 trials; pick
+    # replay of that run). 6 trials; pick mb16 z1 opt=cpu (its mean of 3). Noise 9.7% pooled: 4-6 trials;
+    # pick 71.4-100%, mean 93.9%, within 5% in 66 of 100, against the grid's 98.2% and 83 of 100: here the
+    # assumptions fail by 24-40% (mb32 slower than mb16 on one CPU rank; mb32 z2 above mb32 z1) and noise
+    # on the bounding point hides the better one.
+    "ds-autotuner-ours": Expected(trials=7, noisy_trials=7, worst=0.70, mean=0.93, vs_grid=-0.05),
+    # 5 points, DeepSpeed's autotuner's own figures at global batch 32, fast and full mode. 3 trials; pick
     # mb16 z0 at 99.7%: the best, mb32 z2, is never measured because mb32 z1 bounds it (ZeRO-2 beat ZeRO-1 by
-    # 14% by these means, 20% in fast mode).
-    "ds-autotuner-deepspeed": 4,
-    # 4 points (mb2/mb8 x z0/z3) on one Ray node, each once: 3 trials; pick mb8 z0.
-    "cluster-1-node": 3,
+    # 14% by these means, 20% in fast mode). Noise 12.1% pooled: 3-4 trials; pick 88.0-100%, mean 96.3%,
+    # within 5% in 60 of 100; the grid's: 97.9%, 78 of 100.
+    "ds-autotuner-deepspeed": Expected(trials=4, noisy_trials=4, worst=0.87, mean=0.95, vs_grid=-0.02),
+    # 4 points (mb2/mb8 x z0/z3) on one Ray node, each once. 3 trials; pick mb8 z0. Noise: step-time CV
+    # 10-17%: 3-4 trials; pick 76.4-100%, mean 95.9%, the grid's pick in 98 of 100.
+    "cluster-1-node": Expected(trials=3, noisy_trials=4, worst=0.75, mean=0.95, vs_grid=0.0),
     # The same 4 points spanning two nodes: mb8 z3 beat mb8 z0 by 14%, against assumption 2; guided
-    # measures mb8 z3 anyway (bounded by the best itself, within the slack) and picks it. 3 trials.
-    "cluster-2-node": 3,
+    # measures mb8 z3 anyway (bounded by the best itself, within the slack) and picks it. Noise: step-time
+    # CV 14-18%: 3-4 trials; pick 87.9-100%, mean 96.5%, the grid's pick in all 100.
+    "cluster-2-node": Expected(trials=3, noisy_trials=4, worst=0.87, mean=0.95, vs_grid=0.0),
 }
-assert set(MAX_TRIALS) == set(LOADERS)
+assert set(EXPECTED) == set(LOADERS)
 
 
 def test_the_landscapes_are_what_the_files_record() -> None:
@@ -178,7 +207,7 @@ def test_guided_on_a_measured_landscape_stops_early_and_finds_the_best(name: str
     land = landscape(name)
     trace = replay(land.values())
     check_trace(trace)
-    assert len(trace) <= MAX_TRIALS[name], [p.label() for p, _ in trace]
+    assert len(trace) <= EXPECTED[name].trials, [p.label() for p, _ in trace]
     assert share(land, pick(trace)) >= PICK_SHARE, pick(trace).label()
 
 
@@ -189,6 +218,28 @@ def test_on_the_grids_own_draw_guided_keeps_the_best_by_the_mean() -> None:
     check_trace(trace)
     assert pick(trace) == Point(8, 0)
     assert (len(trace), sum(o.oom for _, o in trace)) == (25, 18)
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_guided_under_each_landscapes_own_noise(name: str) -> None:
+    """Each draw perturbs every point by its measured noise (and runs it out of memory as often as the file
+    did); the pick is judged by the true means. The rules hold on every draw; the pick's worth is compared
+    with measuring every point once (the grid) on the same draws, which the noise misleads as well."""
+    land, expected = landscape(name), EXPECTED[name]
+    shares, grid_shares, trials = [], [], []
+    for seed in NOISY_SEEDS:
+        drawn = land.draw(seed)
+        trace = replay(drawn)
+        check_trace(trace)
+        trials.append(len(trace))
+        shares.append(share(land, pick(trace)))
+        grid_pick = max((v, p) for p, v in drawn.items() if v is not None)[1]
+        grid_shares.append(share(land, grid_pick))
+    figures = f"trials {min(trials)}-{max(trials)}, pick {min(shares):.3f}-{max(shares):.3f}"
+    assert max(trials) <= expected.noisy_trials, figures
+    assert min(shares) >= expected.worst, figures
+    assert statistics.mean(shares) >= expected.mean, figures
+    assert statistics.mean(shares) - statistics.mean(grid_shares) >= expected.vs_grid - 1e-9, figures
 
 
 def test_with_a_memory_model_that_knows_every_failure_nothing_runs_out_of_memory() -> None:
