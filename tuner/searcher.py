@@ -30,6 +30,7 @@ from tuner import guided
 from tuner.orphans import INTERRUPTED, OWNER, owner_tag
 from tuner.plan import MemoryPlanner, Planned
 from tuner.points import COMM_PREFIX, Point
+from tuner.ranking import higher_is_better, point_mean
 from tuner.result import TrialResult
 from tuner.space import Space
 from tuner.store import REPEAT_OF, measured_memory, measured_trials
@@ -240,10 +241,10 @@ class StudySearcher(Searcher):
         return sign * trial.values[0] if trial.state == TrialState.COMPLETE and trial.values else None
 
     def _point_value(self, point: Point) -> float | None:
-        """The point's (first) objective with higher better: the mean over its completed measurements."""
-        trials = [self.done[point], *self.repeats.get(point, [])] if point in self.done else []
-        values = [v for t in trials if (v := self._signed_value(t)) is not None]
-        return sum(values) / len(values) if values else None
+        """The point's (first) objective with higher better: the mean over its completed measurements, as
+        tuner.ranking ranks points."""
+        scored = point_mean([self.done[point], *self.repeats.get(point, [])] if point in self.done else [])
+        return None if scored is None else higher_is_better(scored[0], self.study.directions[0])
 
     def _next_repeat(self) -> tuple[Trial, Point, dict[str, Any]] | str | None:
         """guided: one more measurement of a point within `remeasure_within` of the best, _WAIT, or _STOP.
