@@ -36,6 +36,7 @@ from tuner.placement import (
 )
 from tuner.plan import MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points, grad_accum
+from tuner.ranking import record_ranking, recording
 from tuner.searcher import REMEASURE_MAX_POINTS, RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
@@ -296,6 +297,7 @@ def run_search(
     reclaimed, foreign = reclaim_orphans(study)
     if reclaimed or foreign:
         on_event("reclaimed", {"reclaimed": reclaimed, "foreign": foreign})
+    on_event = recording(study, on_event)  # the ranking kept on the study as each trial ends
     searcher = StudySearcher(study, space, enumeration.valid, configs, budget=0, on_event=on_event, memory=memory)
     remaining = searcher.remaining()
     # Every point, guided's re-measurements of the best few, then every communication knob value once.
@@ -346,4 +348,5 @@ def run_search(
         tuner.fit()  # Tune turns Ctrl-C into a graceful stop of the running trials
     finally:
         abandoned = searcher.abandon_in_flight("the search stopped before the trial reported")
+    record_ranking(study)
     return SearchRun(study, interrupted=abandoned > 0)

@@ -1,10 +1,11 @@
 """One ranking for every consumer: a study built with Optuna alone (no Ray, no DeepSpeed) where a point's single
-best draw beats another point's mean but its own mean does not. The progress line, `tuner results`,
-`tuner report`, `tuner export` and the attributes recorded for optuna-dashboard must all name the same trial
-and the same order."""
+best draw beats another point's mean but its own mean does not. The summary table, the `best:` line, the
+progress line, `tuner results`, `tuner report`, `tuner export` and the attributes recorded for optuna-dashboard
+must all name the same trial and the same order."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
+from rich.console import Console
 
 from tuner.export import choose_trial
 from tuner.points import Point
@@ -19,6 +21,7 @@ from tuner.ranking import best, rank_study, record_ranking, recording
 from tuner.report import _best_section
 from tuner.results import results_frame
 from tuner.store import open_storage
+from tuner.summary import best_line, failure_lines, front_table, summary_table
 
 A, B, C = Point(4, 0), Point(4, 1), Point(2, 0)
 CHOICES: dict[str, list[Any]] = {
@@ -59,6 +62,12 @@ def study(tmp_path: Path) -> optuna.Study:
 ORDER = [1, 4, 0, 3, 2, 8, 6, 7]  # B (mean 955) and its repeat; A (900, first measured) and its repeat; C; the rest
 
 
+def text(renderable: Any) -> str:
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
 def test_every_consumer_agrees_when_a_single_draw_beats_the_best_mean(study: optuna.Study, tmp_path: Path) -> None:
     ranking = rank_study(study)
     assert [r.number for r in ranking] == ORDER
@@ -67,7 +76,14 @@ def test_every_consumer_agrees_when_a_single_draw_beats_the_best_mean(study: opt
     assert (ranking[0].mean, ranking[0].measurements) == (955.0, 2) and ranking[4].measurements == 1
     assert max(t.value for t in study.trials if t.value is not None and "duplicate_of" not in t.user_attrs) == 1000.0
 
-    # tuner search's progress line: the best sent with each trial's end
+    # tuner search: the summary table's rows, its best line and the progress line's best
+    table = summary_table(study, ranking)
+    assert list(table.columns[1].cells) == [str(n) for n in ORDER]
+    assert list(table.columns[0].cells)[:5] == ["1", "", "2", "", "3"]
+    assert "955 (2)" in text(table) and "repeat of #1" in text(table)
+    line = best_line(ranking, ("tokens_per_s",), "ranked", "sqlite:///r.db")
+    assert line is not None and line.startswith("best: trial 1 mb4 z1 tokens_per_s=955 (mean of 2 measurements)\n")
+    assert failure_lines(ranking) == ["  trial 6 oom: out of memory (log: /l)"]
     events: list[tuple[str, dict[str, Any]]] = []
     recording(study, lambda kind, data: events.append((kind, data)))("end", {"number": 4})
     assert events[-1][1]["best"].number == 1
@@ -113,3 +129,17 @@ def test_duplicate_records_are_left_out_and_a_study_without_completed_trials_has
     add(empty, A, TrialState.FAIL)
     assert best(rank_study(empty)) is None
     assert record_ranking(empty) is None and empty.user_attrs["ranking"] == []
+    assert best_line(rank_study(empty), ("tokens_per_s",), "s", "sqlite://") is None
+
+
+def test_the_pareto_front_is_listed_in_ranking_order() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for point, values in ((A, [900.0, 2.0]), (B, [1000.0, 3.0]), (C, [800.0, 1.0])):
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE, values=values, params=point.params(), distributions=DISTRIBUTIONS,
+                user_attrs={"point": point.label()},
+            )
+        )  # fmt: skip
+    front = front_table(study, ("tokens_per_s", "peak_mem_gb"), rank_study(study))
+    assert list(front.columns[0].cells) == ["1", "0", "2"]
