@@ -82,7 +82,10 @@ class _Progress:
                           "recorded FAIL interrupted, their points run again")  # fmt: skip
             if data["foreign"]:
                 numbers = ", ".join(map(str, data["foreign"]))
-                err.print(f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are")
+                err.print(
+                    f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are "
+                    f"(a rerun reclaims a trial once its search has recorded no heartbeat for {data['grace_s']:g} s)"
+                )
         elif kind == "concurrency":
             spans = f", each over {data['nodes_per_trial']} nodes" if data.get("nodes_per_trial", 1) > 1 else ""
             out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold){spans}")
