@@ -124,9 +124,10 @@ class Heartbeats:
             self._thread.start()
 
     def stop(self) -> None:
+        """End the thread; a beat held up by a database lock is not waited for long (the thread is a daemon)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=5)
 
     def beat(self, now: float | None = None) -> int:
         """Record the beats due: trials in flight not seen before or last beaten an interval ago; how many."""
