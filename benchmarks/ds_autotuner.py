@@ -47,6 +47,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.ranking import best as ranked_best
+from tuner.ranking import rank_study
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "benchmarks" / "spaces" / "autotuner-compare-cpu.yaml"
 TRAIN_SCRIPT = REPO / "benchmarks" / "ds_autotuner_train.py"
@@ -383,8 +386,8 @@ def run_ours(
     study = optuna.load_study(study_name=name, storage=url)
     trials = [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
     launched = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-    complete = [t for t in launched if t.state == TrialState.COMPLETE and trial_value(t) is not None]
-    best = max(complete, key=lambda t: trial_value(t) or 0.0) if complete else None
+    top = ranked_best(rank_study(study))  # the trial `tuner export` writes (a point ranks by its mean)
+    best = top.trial if top is not None else None
     rows = [
         {
             "number": t.number,

@@ -34,7 +34,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tuner.store import best_trial, repeat_means
+from tuner.ranking import best, rank_study
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "benchmarks" / "spaces" / "search-efficiency-cpu.yaml"
@@ -56,8 +56,7 @@ def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, An
     study = optuna.load_study(study_name=name, storage=url)
     trials = [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
     launched = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
-    best = best_trial(study)
-    mean = repeat_means(study).get(best.number) if best else None
+    top = best(rank_study(study))
     print(f"{name}: exit {done.returncode}, {len(launched)} launched, {wall:.0f} s", flush=True)
     return {
         "name": name,
@@ -69,8 +68,8 @@ def run_search(space: Path, tmp: Path, url: str, name: str, search: dict[str, An
         "oom": sum(t.user_attrs.get("failure_category") == "oom" for t in launched),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "pruned_points": sorted(t.user_attrs.get("point", "") for t in trials if t.state == TrialState.PRUNED),
-        "best_point": best.user_attrs["point"] if best else None,
-        "best_value": (mean[0] if mean else float(best.value)) if best and best.value is not None else None,
+        "best_point": top.trial.user_attrs["point"] if top else None,
+        "best_value": top.mean if top else None,
         "repeats": sum("repeat_of" in t.user_attrs for t in launched),
         "points": {
             t.user_attrs["point"]: (float(t.value) if t.value is not None else None)

@@ -52,16 +52,11 @@ def main(
     """Auto-tune DeepSpeed training configurations."""
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 class _Progress:
-    """Prints one line per trial start and end, with the current best."""
+    """Prints one line per trial start and end, with the current best (tuner.ranking's, sent with the event)."""
 
-    def __init__(self, objective: str, maximize: bool) -> None:
-        self.objective, self.maximize = objective, maximize
-        self.best: tuple[float, int] | None = None
+    def __init__(self, objective: str) -> None:
+        self.objective = objective
         self.budget = 0
         self.finished = 0
 
@@ -87,7 +82,10 @@ class _Progress:
                           "recorded FAIL interrupted, their points run again")  # fmt: skip
             if data["foreign"]:
                 numbers = ", ".join(map(str, data["foreign"]))
-                err.print(f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are")
+                err.print(
+                    f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are "
+                    f"(a rerun reclaims a trial once its search has recorded no heartbeat for {data['grace_s']:g} s)"
+                )
         elif kind == "concurrency":
             spans = f", each over {data['nodes_per_trial']} nodes" if data.get("nodes_per_trial", 1) > 1 else ""
             out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold){spans}")
@@ -106,11 +104,7 @@ class _Progress:
         if not result.ok:
             out.print(f"{head} FAIL {result.failure_category}: {result.failure_reason}", markup=False)
             return
-        value = result.figures[self.objective]
-        better = self.best is None or (value > self.best[0] if self.maximize else value < self.best[0])
-        if better:
-            self.best = (value, data["number"])
-        assert self.best is not None
+        best = data.get("best")
         f = result.figures
         mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
         noisy = " NOISY" if f.get("noisy") else ""
@@ -119,63 +113,9 @@ class _Progress:
             f"{head} {f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu} "
             f"step {f['step_time_s']:.3f} s (cv {f['step_time_cv']:.1%} over {f['measured_steps']:.0f}{noisy}), "
             f"peak {f['peak_mem_gb']:.2f} GB, trial {result.duration_s:.0f} s of which fixed "
-            f"{f['fixed_overhead_s']:.0f} s  (best: trial {self.best[1]}, {self.objective}={self.best[0]:,.4g})",
+            f"{f['fixed_overhead_s']:.0f} s" + (f"  (best: {best.describe(self.objective)})" if best else ""),
             markup=False,
         )
-
-
-def _summary_table(study: Any) -> Table:
-    from optuna.trial import TrialState
-
-    from tuner.store import measured_trials
-
-    trials = measured_trials(study)
-    maximize = study.directions[0].name == "MAXIMIZE"
-    complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: float(t.values[0]), reverse=maximize
-    )
-    rest = [t for t in trials if t.state != TrialState.COMPLETE]
-    table = Table(title=f"study {study.study_name}: {len(complete)} complete, {len(rest)} not", title_justify="left")
-    numeric = ("#", "tokens/s", "TFLOP/s/dev", "step s", "cv", "peak GB")
-    for name in ("#", "point", "state", "tokens/s", "TFLOP/s/dev", "step s", "cv", "peak GB", "failure"):
-        table.add_column(name, justify="right" if name in numeric else "left")
-    for t in complete + rest:
-        a = t.user_attrs
-        table.add_row(
-            str(t.number), a.get("point", ""), t.state.name, _fmt(a.get("tokens_per_s"), 0),
-            _fmt(a.get("tflops_per_device"), 3), _fmt(a.get("step_time_s"), 3),
-            _fmt(a.get("step_time_cv"), 3) + ("!" if a.get("noisy") else ""), _fmt(a.get("peak_mem_gb"), 2),
-            a.get("failure_category", "") or ("stopped early" if a.get("stopped_early") else ""),
-        )  # fmt: skip
-    return table
-
-
-def _front_table(study: Any, objectives: tuple[str, ...]) -> Table:
-    """The Pareto front: no other trial beats these on every objective; pick one with export --trial."""
-    from tuner.store import pareto_front
-
-    front = sorted(pareto_front(study), key=lambda t: t.values[0], reverse=study.directions[0].name == "MAXIMIZE")
-    table = Table()
-    for name in ("#", "point", *objectives):
-        table.add_column(name, justify="left" if name == "point" else "right")
-    for t in front:
-        table.add_row(str(t.number), t.user_attrs.get("point", ""), *(f"{v:,.4g}" for v in t.values))
-    return table
-
-
-def _failure_lines(study: Any) -> list[str]:
-    """One line per failed trial: its reason and where its log is."""
-    from optuna.trial import TrialState
-
-    from tuner.store import measured_trials
-
-    lines = []
-    for t in measured_trials(study, (TrialState.FAIL,)):
-        a = t.user_attrs
-        reason = f"{a.get('failure_category')}: {a.get('failure_reason')}"
-        log = f" (log: {a['log_path']})" if a.get("log_path") else ""
-        lines.append(f"  trial {t.number} {reason}{log}")
-    return lines
 
 
 @app.command()
@@ -223,38 +163,33 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    progress = _Progress(space.objectives[0], space.direction == "maximize")
+    progress = _Progress(space.objectives[0])
     try:
         searched = run_search(
             space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
         )
     except SpaceError as exc:
         _fail(exc)
-    out.print(_summary_table(searched.study), soft_wrap=False)
+    from tuner.ranking import rank_study
+    from tuner.summary import best_line, failure_lines, front_table, summary_table
+
+    ranking = rank_study(searched.study)  # the table, the front and the best line all in this one order
+    out.print(summary_table(searched.study, ranking), soft_wrap=False)
     if len(space.objectives) > 1:
-        front = _front_table(searched.study, space.objectives)
+        front = front_table(searched.study, space.objectives, ranking)
         out.print(f"Pareto front over {', '.join(space.objectives)}: {front.row_count} trial(s)", markup=False)
         out.print(front, soft_wrap=False)
-    failed = _failure_lines(searched.study)
+    failed = failure_lines(ranking)
     if failed:
         out.print("failures:\n" + "\n".join(failed), markup=False)
-    from tuner.store import best_trial, repeat_means
-
-    best = best_trial(searched.study)
     if searched.interrupted:
         err.print("interrupted: running trials were stopped and recorded; run the same command to continue")
         raise typer.Exit(130)
+    best = best_line(ranking, space.objectives, space.study, space.storage)
     if best is None:
         err.print("error: no trial completed; see the failures above and the logs under " + str(run_dir))
         raise typer.Exit(1)
-    mean = repeat_means(searched.study).get(best.number)
-    value = f"{best.values[0]:,.4g}" if mean is None else f"{mean[0]:,.4g} (mean of {mean[1]} measurements)"
-    out.print(
-        f"best: trial {best.number} {best.user_attrs.get('point')} "
-        f"{space.objectives[0]}={value}" + (" (by the first objective)" if len(space.objectives) > 1 else "") + "\n"
-        f"export it: tuner export --study {space.study} --storage {redact(space.storage)} --output ds_config.json",
-        markup=False,
-    )
+    out.print(best, markup=False)
 
 
 def _plan_table(plan: Any) -> Table:

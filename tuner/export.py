@@ -18,8 +18,8 @@ from tuner.errors import SpaceError
 from tuner.handoff import for_world_size, hf_config, hf_training_args
 from tuner.knobs import MAIN
 from tuner.points import Point
-from tuner.results import objective_names
-from tuner.store import best_trial, original_number, pareto_front, redact, repeat_means
+from tuner.ranking import best, objective_names, rank_study
+from tuner.store import pareto_front, redact
 from tuner.trial.failures import one_line
 
 FIGURE_KEYS = (
@@ -49,12 +49,12 @@ def check_with_deepspeed(config: dict[str, Any], world_size: int) -> None:
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """The trial to export: `number` if given (it must be COMPLETE), else the best."""
+    """The trial to export: `number` if given (it must be COMPLETE), else the one representing the best point."""
     if number is None:
-        trial = best_trial(study)
-        if trial is None:
+        top = best(rank_study(study))
+        if top is None:
             raise SpaceError("--study", f"study {study.study_name!r} has no COMPLETE trial to export")
-        return trial
+        return top.trial
     for trial in study.get_trials(deepcopy=False):
         if trial.number == number:
             if trial.state != TrialState.COMPLETE:
@@ -80,8 +80,10 @@ def _versions() -> dict[str, str]:
 
 def _remeasured(study: optuna.Study, trial: FrozenTrial) -> dict[str, float] | None:
     """The mean and count of the point's measurements when guided measured it more than once."""
-    mean = repeat_means(study).get(original_number(trial))
-    return None if mean is None else {"mean_value": mean[0], "measurements": mean[1]}
+    ranked = next((r for r in rank_study(study) if r.number == trial.number), None)
+    if ranked is None or ranked.mean is None or ranked.measurements < 2:
+        return None
+    return {"mean_value": ranked.mean, "measurements": ranked.measurements}
 
 
 def workload_settings(params: dict[str, Any]) -> dict[str, Any]:

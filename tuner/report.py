@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.knobs import SCALE, family_label
-from tuner.results import objective_names, results_frame, table_text
-from tuner.store import best_trial, redact, repeat_means
+from tuner.ranking import best, objective_names, rank_study
+from tuner.results import results_frame, table_text
+from tuner.store import redact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,18 +128,18 @@ def _figures(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, go.Fig
 
 
 def _best_section(study: optuna.Study) -> str:
-    best = best_trial(study)
-    if best is None:
+    top = best(rank_study(study))
+    if top is None or top.mean is None:
         return '<div class="best"><p>No trial completed: nothing to recommend.</p></div>'
+    trial = top.trial
     names = objective_names(study)
-    mean = repeat_means(study).get(best.number)
-    value = f"{best.values[0]:,.4g}" + (f" (mean of {mean[1]}: {mean[0]:,.4g})" if mean else "")
-    config = json.dumps(best.user_attrs.get("ds_config", {}), indent=2, sort_keys=True)
+    value = f"{top.mean:,.4g}" + (f" (mean of {top.measurements} measurements)" if top.measurements > 1 else "")
+    config = json.dumps(trial.user_attrs.get("ds_config", {}), indent=2, sort_keys=True)
     return (
         '<div class="best" id="best">'
-        f"<h2>Best configuration: trial {best.number}, {html.escape(str(best.user_attrs.get('point', '')))}</h2>"
+        f"<h2>Best configuration: trial {trial.number}, {html.escape(str(trial.user_attrs.get('point', '')))}</h2>"
         f"<p>{html.escape(names[0])} = {value}; peak memory "
-        f"{best.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
+        f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
         f"<p>Export it: <code>tuner export --study {html.escape(study.study_name)} --output ds_config.json</code></p>"
         f"<pre id='best-ds-config'>{html.escape(config)}</pre></div>"
     )

@@ -1,4 +1,4 @@
-"""A study as one pandas table: one row per trial, best first, with every figure the store holds.
+"""A study as one pandas table: one row per trial, best first (tuner.ranking), with every figure the store holds.
 
 `tuner results` prints or writes it, the HTML report plots from it, and reviewers load the CSV, JSON or
 Parquet into their own notebooks. Rows are the trials that ran or were judged (COMPLETE, FAIL, PRUNED, and
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tuner.errors import SpaceError
 from tuner.knobs import MAIN_NAMES
 from tuner.points import COMM_PREFIX
-from tuner.store import REPEAT_OF, measured_trials, original_number, pareto_front, repeat_means
+from tuner.ranking import Ranked, objective_names, rank_study
+from tuner.store import REPEAT_OF, pareto_front
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,18 +33,13 @@ FIGURES = (
     "threads_per_rank",
 )  # fmt: skip
 TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host")
-STATE_ORDER = {"COMPLETE": 0, "RUNNING": 1, "FAIL": 2, "PRUNED": 3, "WAITING": 4}
 
 
-def objective_names(study: optuna.Study) -> list[str]:
-    """The study's objectives by name, in order (as `tuner search` recorded them)."""
-    names = study.user_attrs.get("objectives") or [study.user_attrs.get("objective") or "value"]
-    return [str(n) for n in names][: len(study.directions)] or ["value"]
-
-
-def _row(trial: FrozenTrial, names: list[str], front: set[int], means: dict[int, tuple[float, int]]) -> dict[str, Any]:
+def _row(ranked: Ranked, names: list[str], front: set[int]) -> dict[str, Any]:
+    trial = ranked.trial
     a = trial.user_attrs
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "point": a.get("point", "")}
+    row["rank"] = ranked.rank
     for key in POINT_COLUMNS:
         row[key] = trial.params.get(key)
     for key, value in sorted(trial.params.items()):
@@ -52,9 +48,8 @@ def _row(trial: FrozenTrial, names: list[str], front: set[int], means: dict[int,
     values = trial.values if trial.state == TrialState.COMPLETE and trial.values else [None] * len(names)
     for name, value in zip(names, values, strict=False):
         row[f"objective_{name}"] = value
-    mean = means.get(original_number(trial))
-    row["mean_of_measurements"] = mean[0] if mean else None
-    row["measurements"] = mean[1] if mean else (1 if trial.state == TrialState.COMPLETE else 0)
+    row["mean_of_measurements"] = ranked.mean if ranked.measurements > 1 else None
+    row["measurements"] = ranked.measurements
     row[REPEAT_OF] = a.get(REPEAT_OF)
     for key in FIGURES:
         value = a.get(key)
@@ -69,23 +64,16 @@ def _row(trial: FrozenTrial, names: list[str], front: set[int], means: dict[int,
 
 
 def results_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, best first: COMPLETE by the first objective, then running, failed and pruned."""
+    """One row per trial in the study's ranking (tuner.ranking): completed points best first by the mean of
+    their measurements, each followed by its re-measurements; then running, failed and pruned trials."""
     import pandas as pd
 
     names = objective_names(study)
     front = {t.number for t in pareto_front(study)} if len(names) > 1 else set()
-    means = repeat_means(study)
-    rows = [_row(t, names, front, means) for t in measured_trials(study)]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    first = f"objective_{names[0]}"
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    rank = frame["mean_of_measurements"].fillna(frame[first])
-    frame["_state"] = frame["state"].map(STATE_ORDER).fillna(9)
-    frame["_rank"] = -rank if maximize else rank
-    frame = frame.sort_values(["_state", "_rank", "number"], na_position="last", kind="stable")
-    return frame.drop(columns=["_state", "_rank"]).reset_index(drop=True)
+    frame = pd.DataFrame([_row(r, names, front) for r in rank_study(study)])
+    if not frame.empty:
+        frame["rank"] = frame["rank"].astype("Int64")
+    return frame
 
 
 def write_results(frame: pd.DataFrame, fmt: str, output: Path | None) -> str | None:
@@ -113,8 +101,8 @@ def write_results(frame: pd.DataFrame, fmt: str, output: Path | None) -> str | N
 
 
 TABLE_COLUMNS = (
-    "number", "point", "state", "tokens_per_s", "step_time_s", "step_time_cv", "peak_mem_gb", "predicted_mem_gb",
-    "measurements", "failure_category", "failure_reason", "prune_reason",
+    "number", "point", "state", "rank", "tokens_per_s", "step_time_s", "step_time_cv", "peak_mem_gb",
+    "predicted_mem_gb", "measurements", "failure_category", "failure_reason", "prune_reason",
 )  # fmt: skip
 
 
@@ -123,6 +111,8 @@ def table_text(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "no trials\n"
     shown = frame[[c for c in TABLE_COLUMNS if c in frame.columns]].copy()
+    if "rank" in shown:
+        shown["rank"] = shown["rank"].astype("string").fillna("-")  # pandas prints a missing integer as <NA>
     for column in ("failure_reason", "prune_reason"):
         shown[column] = shown[column].map(lambda v: v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...")
     return str(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.4g}")) + "\n"

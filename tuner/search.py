@@ -22,6 +22,7 @@ from optuna.storages import RDBStorage
 from tuner.devices import device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
+from tuner.heartbeat import Heartbeats, HeartbeatSettings
 from tuner.orphans import reclaim_orphans
 from tuner.placement import (
     TrialShape,
@@ -34,6 +35,7 @@ from tuner.placement import (
 )
 from tuner.plan import MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points
+from tuner.ranking import record_ranking, recording
 from tuner.searcher import RESULT_KEY, StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
@@ -254,6 +256,7 @@ def run_search(
 
     assert space.storage is not None
     enumeration = enumerate_points(space)
+    heartbeat = HeartbeatSettings.from_env()
     accelerator = detect_accelerator(space)
     ranks = space.hardware.gpus_per_trial
     # An unreachable store is reported before Ray starts (a SQLite file is opened only once nothing can fail).
@@ -274,9 +277,10 @@ def run_search(
 
     configs = ds_configs_for(space, enumeration.valid, accelerator)
     memory = memory_planner(space, accelerator, prune)
-    reclaimed, foreign = reclaim_orphans(study)
+    reclaimed, foreign = reclaim_orphans(study, heartbeat.grace_s)
     if reclaimed or foreign:
-        on_event("reclaimed", {"reclaimed": reclaimed, "foreign": foreign})
+        on_event("reclaimed", {"reclaimed": reclaimed, "foreign": foreign, "grace_s": heartbeat.grace_s})
+    on_event = recording(study, on_event)  # the ranking kept on the study as each trial ends
     # Every point, then (the sampler's steps) guided's re-measurements and every communication knob value once.
     searcher = StudySearcher(study, space, enumeration.valid, configs, on_event, memory, accelerator=accelerator)
     remaining = searcher.remaining()
@@ -320,8 +324,15 @@ def run_search(
             name=space.study, storage_path=str((run_dir / "ray").resolve()), verbose=0, log_to_file=True
         ),
     )
+    # The searcher's trials in flight (a copy: the thread reads them while Tune changes them).
+    beats = Heartbeats(
+        study, lambda: [trial for trial, _ in list(searcher.state.in_flight.values())], heartbeat, on_event
+    )
+    beats.start()
     try:
         tuner.fit()  # Tune turns Ctrl-C into a graceful stop of the running trials
     finally:
         abandoned = searcher.abandon_in_flight("the search stopped before the trial reported")
+        beats.stop()
+    record_ranking(study)
     return SearchRun(study, interrupted=abandoned > 0)

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner import guided
 from tuner.points import Point
+from tuner.ranking import point_mean
 from tuner.store import REPEAT_OF, measured_trials
 from tuner.trial.failures import Failure
 
@@ -85,10 +86,11 @@ class SearchState:
         return trial.values[0] if self.maximize else -trial.values[0]
 
     def value(self, point: Point) -> float | None:
-        """The point's (first) objective with higher better: the mean over its completed measurements."""
+        """The point's (first) objective with higher better: the mean over its completed measurements, as the
+        study's one ranking (tuner.ranking) computes it."""
         trials = [self.done[point], *self.repeats.get(point, [])] if point in self.done else []
-        values = [v for t in trials if (v := self.signed(t)) is not None]
-        return sum(values) / len(values) if values else None
+        mean = point_mean(trials)
+        return None if mean is None else (mean[0] if self.maximize else -mean[0])
 
     def outcomes(self) -> dict[Point, guided.Outcome]:
         """The main points measured (their value, or an out-of-memory failure); points in flight without one."""

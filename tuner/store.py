@@ -67,34 +67,6 @@ def original_number(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(REPEAT_OF, trial.number))
 
 
-def repeat_means(study: optuna.Study) -> dict[int, tuple[float, int]]:
-    """Each re-measured point's mean first objective and measurement count, keyed by its first trial."""
-    groups: dict[int, list[float]] = {}
-    for t in measured_trials(study, (TrialState.COMPLETE,)):
-        groups.setdefault(original_number(t), []).append(float(t.values[0]))
-    return {n: (sum(v) / len(v), len(v)) for n, v in groups.items() if len(v) > 1}
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best measured COMPLETE point by the (first) objective, averaged over its re-measurements.
-
-    Returns the trial that first measured it (earliest on ties). With several objectives the best by the
-    first one is on the Pareto front; pick others with --trial.
-    """
-    complete = measured_trials(study, (TrialState.COMPLETE,))
-    if not complete:
-        return None
-    means = repeat_means(study)
-    by_number = {t.number: t for t in complete}
-    firsts = [by_number.get(original_number(t), t) for t in complete]
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-
-    def key(t: FrozenTrial) -> tuple[float, int]:
-        return sign * means.get(t.number, (float(t.values[0]), 1))[0], t.number
-
-    return min(firsts, key=key)
-
-
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The measured trials no other trial beats on every objective (Optuna's best_trials), by number."""
     return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.number)

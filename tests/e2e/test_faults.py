@@ -1,5 +1,6 @@
-"""Orchestrator and storage faults with real trials: Ctrl-C, SIGKILL of `tuner search`, resuming, optuna-dashboard
-reading the SQLite file during a search. (A password in a PostgreSQL URL: tests/e2e/test_cluster.py.)
+"""Orchestrator and storage faults with real trials: Ctrl-C, SIGKILL of `tuner search`, resuming, trials left by a
+search on another host, optuna-dashboard reading the SQLite file during a search. (A password in a PostgreSQL
+URL: tests/e2e/test_cluster.py.)
 
 Trial faults (a rank SIGKILLed, a hang past the timeout, over the memory budget, a config DeepSpeed rejects, a
 workload that raises) are in tests/integration/test_trials.py, each checking the process table.
@@ -22,10 +23,13 @@ from typing import Any
 
 import optuna
 import psutil
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import TINY_GPT2
 from tests.e2e.test_cli import free_port, tuner, write_space
+from tuner.heartbeat import GRACE_ENV, INTERVAL_ENV, heartbeat_ages
+from tuner.orphans import OWNER
 
 FAULTS: dict[str, Any] = {
     "study": "faults",
@@ -86,7 +90,19 @@ def rank_processes(runs: Path) -> list[psutil.Process]:
     return found
 
 
-def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(tmp_path: Path, cpu_ops: None) -> None:
+def other_hosts_trial(url: str, beating: bool) -> int:
+    """A RUNNING trial of a search on another host, beating once (then killed) or from before heartbeats."""
+    study = optuna.load_study(study_name="faults", storage=url)
+    trial = study.ask()
+    trial.set_user_attr(OWNER, "gpu-node-7:4242:1700000000")
+    if beating:
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    return trial.number
+
+
+def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(
+    tmp_path: Path, cpu_ops: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = write_space(tmp_path, FAULTS)
     url = f"sqlite:///{tmp_path / 'tuner.sqlite3'}"
     runs = tmp_path / "tuner_runs" / "faults"
@@ -108,12 +124,21 @@ def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(tmp_path
     proc = start(space, tmp_path)
     wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in trials(url)) >= 1, 300, "a complete trial")
     wait_for(a_trial_is_running(url, runs), 300, "a running trial")
+    running = [t._trial_id for t in trials(url) if t.state == TrialState.RUNNING]
+    study = optuna.load_study(study_name="faults", storage=url)
+    wait_for(lambda: set(heartbeat_ages(study, running)) == set(running), 10, "the search's heartbeats")
     proc.kill()
     proc.communicate(timeout=60)
+    # Trials of a search on another host: one whose heartbeat stopped, one from before heartbeats (none).
+    silent, unknown = other_hosts_trial(url, beating=True), other_hosts_trial(url, beating=False)
     wait_for(lambda: not rank_processes(runs), 90, "the killed search's ranks to exit")
-    orphaned = [t.number for t in trials(url) if t.state == TrialState.RUNNING]
+    orphaned = [t.number for t in trials(url) if t.state == TrialState.RUNNING and t.number not in (silent, unknown)]
     assert orphaned, "the killed search left its running trial RUNNING in the store"
     complete_before = {t.user_attrs["point"] for t in trials(url) if t.state == TrialState.COMPLETE}
+    monkeypatch.setenv(INTERVAL_ENV, "1")
+    monkeypatch.setenv(GRACE_ENV, "2")  # the rerun judges: silent for 2 s, that search is gone
+    silent_id = next(t._trial_id for t in trials(url) if t.number == silent)
+    wait_for(lambda: heartbeat_ages(study, [silent_id])[silent_id] > 2, 10, "the silent trial's grace to pass")
 
     # The same command again, with optuna-dashboard reading the same SQLite file all along.
     port = free_port()
@@ -146,14 +171,16 @@ def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(tmp_path
         dashboard.wait(timeout=30)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "recorded FAIL interrupted, their points run again" in done.stdout
+    assert f"trial(s) {unknown} are RUNNING for a search on another host; left as they are" in done.stderr
     assert "database is locked" not in done.stdout + done.stderr
     assert len(reads) > 10 and not errors, errors[:3]
 
     final = trials(url)
-    assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert [t.number for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)] == [unknown]
     interrupted = sorted(t.number for t in final if t.user_attrs.get("failure_category") == "interrupted")
-    assert interrupted == sorted([stopped[0].number, *orphaned])
-    measured = [t for t in final if t.user_attrs.get("failure_category") != "interrupted"]
+    assert interrupted == sorted([stopped[0].number, *orphaned, silent])
+    assert "recorded no heartbeat for" in final[silent].user_attrs["failure_reason"]
+    measured = [t for t in final if t.user_attrs.get("failure_category") != "interrupted" and t.number != unknown]
     counts = Counter(t.user_attrs["point"] for t in measured)
     assert len(counts) == 4 and set(counts.values()) == {1}, counts  # every point exactly once
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in measured)

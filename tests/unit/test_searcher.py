@@ -318,7 +318,7 @@ def run_noisy(space: Space, draws: dict[Point, list[float]]) -> tuple[optuna.Stu
 
 
 def test_guided_remeasures_the_points_near_the_best_and_ranks_by_the_mean() -> None:
-    from tuner.store import best_trial, repeat_means
+    from tuner.ranking import best, rank_study
 
     raw = json.loads(json.dumps(RAW))
     raw["space"] = {"micro_batch_size": [2, 4], "zero_stage": [0, 1, 3]}
@@ -347,9 +347,9 @@ def test_guided_remeasures_the_points_near_the_best_and_ranks_by_the_mean() -> N
     assert {t.user_attrs["repeat_of"] for t in repeats} == {
         t.number for t in study.trials if t.params in (Point(4, 0).params(), Point(4, 1).params())
     } - {t.number for t in repeats}
-    best = best_trial(study)
-    assert best is not None and Point.from_params(best.params) == Point(4, 0) and best.value == 1000.0
-    assert repeat_means(study)[best.number] == (1100.0, 2)
+    top = best(rank_study(study))
+    assert top is not None and Point.from_params(top.trial.params) == Point(4, 0) and top.trial.value == 1000.0
+    assert (top.mean, top.measurements) == (1100.0, 2)
 
     raw["search"]["remeasure_within"] = 0
     study, run = run_noisy(parse_space(raw, default_study="unit"), draws)

@@ -1,4 +1,4 @@
-"""The storage edge: opening by URL, hiding passwords, picking the trial to export."""
+"""The storage edge: opening by URL, hiding passwords. (The trial to export: tests/unit/test_ranking.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from tuner.errors import SpaceError
-from tuner.store import best_trial, load_study, measured_trials, open_storage, redact
+from tuner.store import load_study, open_storage, redact
 
 
 def test_redact_hides_the_password_only() -> None:
@@ -35,19 +35,3 @@ def test_sqlite_and_the_local_postgresql_open(tmp_path: Path) -> None:
         open_storage("postgresql+psycopg2://postgres@127.0.0.1:5432/test")
     except SpaceError as exc:  # pragma: no cover - the machine's PostgreSQL is down
         pytest.skip(f"no local PostgreSQL: {exc}")
-
-
-def test_best_trial_ignores_duplicate_records_and_prefers_the_earliest_tie() -> None:
-    study = optuna.create_study(direction="maximize")
-    for value, attrs in ((5.0, {}), (7.0, {}), (7.0, {"duplicate_of": 1}), (7.0, {})):
-        trial = study.ask()
-        for key, attr in attrs.items():
-            trial.set_user_attr(key, attr)
-        study.tell(trial, value)
-    assert best_trial(study).number == 1  # type: ignore[union-attr]
-    assert [t.number for t in measured_trials(study)] == [0, 1, 3]
-    minimizing = optuna.create_study(direction="minimize")
-    assert best_trial(minimizing) is None
-    minimizing.add_trial(optuna.trial.create_trial(value=2.0))
-    minimizing.add_trial(optuna.trial.create_trial(value=1.0))
-    assert best_trial(minimizing).number == 1  # type: ignore[union-attr]
