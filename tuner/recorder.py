@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.knobs import MAIN, SCALE
@@ -97,7 +98,11 @@ class StudyRecorder:
             self.study.tell(trial, state=TrialState.FAIL)
 
     def finished(self, trial: Trial, outcome: TrialResult) -> FrozenTrial:
-        """Write the figures and end the trial; whatever goes wrong, it must not stay RUNNING."""
+        """Write the figures and end the trial; whatever goes wrong, it must not stay RUNNING.
+
+        A trial another search already ended (reclaimed as stale when this search's heartbeats stalled past
+        the grace, tuner.heartbeat) keeps that record: Optuna refuses to change a finished trial.
+        """
         try:
             for key, value in outcome.user_attrs().items():
                 trial.set_user_attr(key, value)
@@ -111,7 +116,11 @@ class StudyRecorder:
                     trial.set_user_attr("failure_category", Failure.TUNER_ERROR.value)
                     trial.set_user_attr("failure_reason", f"objective {names} is not finite")
                 self.study.tell(trial, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass  # reclaimed by another search meanwhile: its record stands
         except Exception:
+            if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+                return self.study._storage.get_trial(trial._trial_id)  # ended elsewhere: that record stands
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
         return self.study._storage.get_trial(trial._trial_id)

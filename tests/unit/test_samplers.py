@@ -110,3 +110,18 @@ def test_the_steps_after_the_main_search_wait_for_the_trials_in_flight() -> None
     third = searcher.suggest("comm")
     assert isinstance(third, dict) and Point.from_params(third["point"]).comm == (("overlap_comm", True),)
     assert Point.from_params(third["point"]).main() == Point(2, 3)  # at the best main point
+
+
+def test_a_trial_another_search_reclaimed_meanwhile_keeps_that_record() -> None:
+    """A stalled search's trial failed as stale by a rerun elsewhere (tuner.heartbeat): its late result is dropped."""
+    space = space_with(sampler="grid")
+    valid = enumerate_points(space).valid
+    study = optuna.create_study(direction="maximize")
+    searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, lambda *_: None)
+    first = searcher.suggest("t0")
+    assert isinstance(first, dict)
+    trial_id = study.trials[first["trial_number"]]._trial_id
+    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)  # what the other host's reclaim did
+    result = TrialResult({"tokens_per_s": 5.0, "step_time_s": 1.0}, duration_s=1.0)
+    searcher.on_trial_complete("t0", {RESULT_KEY: result.to_json()})  # no error
+    assert study.trials[0].state == TrialState.FAIL and not searcher.state.in_flight
