@@ -65,18 +65,17 @@ def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
     study = optuna.load_study(study_name="e2e", storage=url)
     trials = study.get_trials()
     assert len(trials) == 3
-    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
+    # A 2-layer GPT-2 fits every point of this space on CPU: each must complete.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [t.user_attrs.get("failure_reason") for t in trials]
     points = {(t.params["zero_stage"], t.params.get("offload_optimizer", "none")) for t in trials}
     assert points == {(0, "none"), (3, "none"), (3, "cpu")}
     for t in trials:
         assert Path(t.user_attrs["log_path"]).is_file()
         assert t.user_attrs["ds_config"]["zero_optimization"]["stage"] == t.params["zero_stage"]
-        if t.state == TrialState.COMPLETE:
-            assert t.value == t.user_attrs["tokens_per_s"] > 0
-            assert t.user_attrs["peak_mem_gb"] > 0
-            assert t.user_attrs["tflops_per_device"] > 0 and 0 < t.user_attrs["overhead_share"] < 1
-        else:
-            assert t.user_attrs["failure_category"] and t.user_attrs["failure_reason"]
+        assert t.value == t.user_attrs["tokens_per_s"] > 0
+        assert t.user_attrs["peak_mem_gb"] > 0
+        assert t.user_attrs["tflops_per_device"] > 0 and 0 < t.user_attrs["overhead_share"] < 1
+        assert "failure_category" not in t.user_attrs
     assert study.user_attrs["space"]["training"]["global_batch_size"] == 8
 
     # Running the same command again measures nothing twice.
