@@ -416,6 +416,18 @@ def parse_space(raw: Any, default_study: str) -> Space:
     return space
 
 
+def _read_text(path: Path, key: str) -> str:
+    """The file's text; one that is not UTF-8 or cannot be read is the user's error, on one line."""
+    where = "" if key == str(path) else f"{path}: "
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        raise SpaceError(key, f"{where}not UTF-8 text ({byte}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise SpaceError(key, f"{where}cannot be read: {exc.strerror or exc}") from None
+
+
 def _read_mapping(value: str, base_dir: Path, key: str, folder_file: str) -> dict[str, Any]:
     """Read a JSON or YAML mapping from a path relative to the space file (a folder means `folder_file`)."""
     path = Path(value).expanduser()
@@ -425,7 +437,7 @@ def _read_mapping(value: str, base_dir: Path, key: str, folder_file: str) -> dic
     if not path.is_file():
         raise SpaceError(key, f"no such file: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        loaded = yaml.safe_load(_read_text(path, key))  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise SpaceError(key, f"{path} is not valid JSON or YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(loaded, dict):
@@ -437,8 +449,9 @@ def read_yaml(path: Path) -> Any:
     """The YAML document at `path`, with syntax errors as one-line SpaceErrors."""
     if not path.is_file():
         raise SpaceError(str(path), "no such space file")
+    text = _read_text(path, str(path))
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -195,6 +195,7 @@ BAD_INPUTS = [
     pytest.param({"space": {"micro_batch_size": [2], "foo": 1}}, "space.foo: unknown key; allowed here:", id="key"),
     pytest.param({"model": {"config": "no/such/folder"}}, "model.config: no such file", id="model-file"),
     pytest.param(b"model:\n  config: [unclosed\n", "space.yaml: YAML syntax error at line 3", id="yaml"),
+    pytest.param(b"study: caf\xe9\n", "space.yaml: not UTF-8 text (byte 0xe9", id="latin-1"),
     pytest.param({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage", id="store"),
     # Ray's placement: only a running Ray knows that the cluster has fewer nodes than a trial spans
     pytest.param(

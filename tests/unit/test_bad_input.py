@@ -95,6 +95,9 @@ CASES: list[Case] = [
     *text(b"- just\n- a list\n", "(top level)", "must be a mapping of sections", "a-list"),
     *text(b"just a string\n", "(top level)", "must be a mapping of sections", "a-scalar"),
     *text(b"study: a\x00b\n", "space.yaml", "YAML syntax error: unacceptable character #x0000", "nul-byte"),
+    *text(
+        b"study: caf\xe9\n", "space.yaml", "not UTF-8 text (byte 0xe9 at offset 10); save the file as UTF-8", "latin-1"
+    ),
     # unknown and missing keys
     *both("colour", "blue", "colour", "unknown key; allowed here: study, storage, model, data, training, hardware"),
     *both("space.foo", [1], "space.foo", "unknown key; allowed here: micro_batch_size, zero_stage, offload_optimizer"),
@@ -148,6 +151,7 @@ CASES: list[Case] = [
     *both("model.config", {"n_layer": 1}, "model.config.model_type", "required: a transformers architecture"),
     *both("model.config", {"model_type": "nope"}, "model.config.model_type", "unknown architecture 'nope'; e.g. gpt2"),
     *both("model.config", "list.json", "model.config", "list.json must hold a mapping", files={"list.json": b"[1]"}),
+    *both("model.config", "m.json", "model.config", "m.json: not UTF-8 text", files={"m.json": b'{"a": "\xe9"}'}),
     # the search
     *both("search.sampler", "bayes", "search.sampler", "Input should be 'grid', 'random', 'tpe' or 'guided'"),
     *both("search.objective", "speed", "search.objective", "Input should be 'tokens_per_s', 'samples_per_s'"),
@@ -189,6 +193,7 @@ CASES: list[Case] = [
     # the DeepSpeed base config
     *both("training.base_config", "nope.json", "training.base_config", "no such file: nope.json"),
     *both("training.base_config", 5, "training.base_config", "must be a path or a mapping (got 5)"),
+    *both("training.base_config", "ds.json", "training.base_config", "ds.json: not UTF-8", files={"ds.json": b"\xff"}),
     # the store and the study
     *both("storage", "mongodb://127.0.0.1/x", "storage", "an SQLAlchemy URL such as sqlite:///tuner.sqlite3"),
     *both("storage", "tuner.sqlite3", "storage", "an SQLAlchemy URL such as sqlite:///tuner.sqlite3 is allowed"),
