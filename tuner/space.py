@@ -389,15 +389,18 @@ def _check_storage(url: str, key: str) -> None:
         raise SpaceError(key, f"an SQLAlchemy URL such as sqlite:///tuner.sqlite3 is allowed, not {url!r}")
 
 
-def _check_model_config(config: dict[str, Any]) -> None:
-    """The architecture must be one transformers can build offline."""
+def _check_model_config(config: dict[str, Any], sequence_length: int) -> None:
+    """The architecture must be one transformers can build offline, and accepts, for this sequence length."""
     from transformers import CONFIG_MAPPING
+
+    from tuner.workload.hf_causal_lm import validate_model_config
 
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         raise SpaceError("model.config.model_type", "required: a transformers architecture such as gpt2 or llama")
     if model_type not in CONFIG_MAPPING:
         raise SpaceError("model.config.model_type", f"unknown architecture {model_type!r}; e.g. gpt2, llama, qwen2")
+    validate_model_config(config, sequence_length)
 
 
 def parse_space(raw: Any, default_study: str) -> Space:
@@ -412,7 +415,7 @@ def parse_space(raw: Any, default_study: str) -> Space:
         space = space.model_copy(update={"study": default_study})
     if space.storage is not None:
         _check_storage(space.storage, "storage")
-    _check_model_config(space.model_config_dict)
+    _check_model_config(space.model_config_dict, space.data.sequence_length)
     return space
 
 

@@ -197,6 +197,11 @@ BAD_INPUTS = [
     pytest.param(b"model:\n  config: [unclosed\n", "space.yaml: YAML syntax error at line 3", id="yaml"),
     pytest.param(b"study: caf\xe9\n", "space.yaml: not UTF-8 text (byte 0xe9", id="latin-1"),
     pytest.param({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage", id="store"),
+    pytest.param(  # transformers' validate_architecture: caught before `tuner search` creates the study
+        {"model": {"config": {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 5}}},
+        "model.config: transformers rejects it: The hidden size (64) is not a multiple",
+        id="transformers",
+    ),
     # Ray's placement: only a running Ray knows that the cluster has fewer nodes than a trial spans
     pytest.param(
         {"hardware": {"gpus_per_trial": 2, "nodes_per_trial": 2}},

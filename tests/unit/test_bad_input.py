@@ -86,6 +86,12 @@ def flag(*argv: str, key: str, says: str) -> Case:
     return Case(tuple(argv), key, says, name=" ".join(argv[1:])[:60])
 
 
+def llama(**changes: Any) -> dict[str, Any]:
+    """A tiny Llama config with `changes`."""
+    base = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1}
+    return {**base, "intermediate_size": 128, "vocab_size": 128, **changes}
+
+
 INT = "Input should be a valid integer"
 POSITIVE = "Input should be greater than 0"
 CASES: list[Case] = [
@@ -152,6 +158,18 @@ CASES: list[Case] = [
     *both("model.config", {"model_type": "nope"}, "model.config.model_type", "unknown architecture 'nope'; e.g. gpt2"),
     *both("model.config", "list.json", "model.config", "list.json must hold a mapping", files={"list.json": b"[1]"}),
     *both("model.config", "m.json", "model.config", "m.json: not UTF-8 text", files={"m.json": b'{"a": "\xe9"}'}),
+    *both("model.config", llama(num_attention_heads=5), "model.config", "The hidden size (64) is not a multiple of"),
+    *both("model.config", llama(hidden_size="big"), "model.config.hidden_size", "expected int, got str"),
+    *both("model.config", llama(tie_word_embeddings="maybe"), "model.config.tie_word_embeddings", "expected bool"),
+    *both("model.config", llama(num_key_value_heads=3), "model.config.num_key_value_heads", "must divide num_att"),
+    *both("model.config", llama(num_hidden_layers=0), "model.config.num_hidden_layers", "must be a positive integer"),
+    *both("model.config", llama(vocab_size=-1), "model.config.vocab_size", "must be a positive integer (got -1)"),
+    *both("model.config", llama(hidden_act="nope"), "model.config.hidden_act", "transformers rejects it: no such name"),
+    *both("model.config", llama(rope_scaling={"rope_type": "x"}), "model.config.rope_scaling.rope_type", "no such"),
+    *both("model.config", {**TINY_GPT2, "n_head": 5}, "model.config", "`embed_dim` must be divisible by num_heads"),
+    *both("model.config", {**TINY_GPT2, "n_head": 0}, "model.config.n_head", "must be a positive integer (got 0)"),
+    *both("model.config", {"model_type": "t5"}, "model.config.model_type", "'t5' is not a causal language model"),
+    *both("data.sequence_length", 256, "data.sequence_length", "must be at most model.config.n_positions (128)"),
     # the search
     *both("search.sampler", "bayes", "search.sampler", "Input should be 'grid', 'random', 'tpe' or 'guided'"),
     *both("search.objective", "speed", "search.objective", "Input should be 'tokens_per_s', 'samples_per_s'"),
