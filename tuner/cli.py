@@ -37,6 +37,17 @@ def _fail(exc: SpaceError) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
+    """DeepSpeed's parser on the base config (a SpaceError for its first problem), then one warning per base
+    config key the tuned keys replace."""
+    from tuner.preflight import base_config_overrides, check_base_config
+
+    if enumeration.valid:
+        check_base_config(space, enumeration.valid, accelerator)
+    for line in base_config_overrides(space):
+        err.print(f"warning: {line}", markup=False)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"tuner {__version__}")
@@ -196,6 +207,7 @@ def search(
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
+    from tuner.search import detect_accelerator
     from tuner.space import DEFAULT_STORAGE, load_space
     from tuner.store import redact
 
@@ -209,6 +221,7 @@ def search(
         if not enumeration.valid:
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())
             raise SpaceError("space", f"no valid point: {reasons}")
+        _preflight(space, enumeration, detect_accelerator(space))
     except SpaceError as exc:
         _fail(exc)
     assert space.storage is not None and space.study is not None
@@ -341,6 +354,7 @@ def plan(
             raise SpaceError("--accelerator", f"cuda or cpu is allowed, not {accelerator!r}")
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
+        _preflight(space, enumeration, kind)
         shape = model_shape(space.model_config_dict)
         setup = estimate_setup(space, kind)
         calibrations = None
