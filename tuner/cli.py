@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line naming the key), 1 a run that produ
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # a message's `:x:` stays as written
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 StorageOpt = Annotated[
     str | None,
@@ -46,6 +47,17 @@ def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
         check_base_config(space, enumeration.valid, accelerator)
     for line in base_config_overrides(space):
         err.print(f"warning: {line}", markup=False)
+
+
+def _check_run_dir(folder: Path) -> None:
+    """The study's log folder must be one that can be created here: found out before the study is."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpaceError("--run-dir", f"{existing} is a file; the trials' logs need a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpaceError("--run-dir", f"cannot create {folder}: {existing} is not writable")
 
 
 def _version(value: bool) -> None:
@@ -222,6 +234,7 @@ def search(
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())
             raise SpaceError("space", f"no valid point: {reasons}")
         _preflight(space, enumeration, detect_accelerator(space))
+        _check_run_dir(run_dir / str(space.study))
     except SpaceError as exc:
         _fail(exc)
     assert space.storage is not None and space.study is not None
@@ -383,7 +396,7 @@ def plan(
     )
     if budget.device_gb is None:
         out.print("no memory budget: set hardware.device_memory_gb to have points judged", markup=False)
-    wide = Console(highlight=False, width=max(out.width, 150))  # a table too narrow to read helps no one
+    wide = Console(highlight=False, emoji=False, width=max(out.width, 150))  # a table too narrow to read helps no one
     wide.print(_plan_table(result), soft_wrap=False)
     for row in result.rows:
         if row.reason:

@@ -134,8 +134,11 @@ class HardwareSection(_Section):
     @classmethod
     def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
         for name in value:
-            if name.upper() in ("CPU", "GPU", "MEMORY"):
-                raise ValueError(f"{name!r} is set by gpus_per_trial; only custom resource names are allowed")
+            if name.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
+                raise ValueError(
+                    f"{name!r} is Ray's own (gpus_per_trial and cpus_per_rank set CPU and GPU); only custom "
+                    "resource names are allowed"
+                )
         return value
 
     @property

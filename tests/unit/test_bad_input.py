@@ -2,8 +2,10 @@
 
 Every case: exit code 2, exactly one line on stderr, `error: KEY: ...` naming the key (or flag, or file) and
 saying what is allowed, and nothing written: no store, no run folder, no export. A space's mistakes are
-tried with `tuner plan` and `tuner search` alike. No case needs Ray, PostgreSQL or a trial: reaching Ray or
-the trials fails the test. tests/e2e/test_cli.py runs a handful through the installed console script.
+tried with `tuner plan` and `tuner search` alike. No case needs Ray, PostgreSQL or a trial: `tuner search`
+finds a stand-in Ray cluster of one node (ray.init does nothing), so what only Ray's placement finds is
+tried too, and reaching the trials fails the test. tests/e2e/test_cli.py runs a handful through the
+installed console script, one of them on a real Ray.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ GOOD: dict[str, Any] = {
 }
 DROP = object()  # as a value: remove the key
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/n"  # nothing listens on port 1: refused at once
+NODE = {"CPU": 1024.0, "memory": 2.0**40, "node:10.0.0.1": 1.0}  # the stand-in Ray cluster's one node
 
 
 def edit(path: str, value: Any) -> dict[str, Any]:
@@ -81,9 +84,9 @@ def search(path: str, value: Any, key: str, says: str) -> Case:
     return Case(("search", "space.yaml"), key, says, edit(path, value), name=f"{path}={value!r}"[:60])
 
 
-def flag(*argv: str, key: str, says: str) -> Case:
-    """A bad command-line value, with the good space beside it."""
-    return Case(tuple(argv), key, says, name=" ".join(argv[1:])[:60])
+def flag(*argv: str, key: str, says: str, files: dict[str, bytes] | None = None) -> Case:
+    """A bad command-line value, with the good space (and `files`) beside it."""
+    return Case(tuple(argv), key, says, files=files or {}, name=" ".join(argv[1:])[:60])
 
 
 def llama(**changes: Any) -> dict[str, Any]:
@@ -106,6 +109,7 @@ CASES: list[Case] = [
     ),
     # unknown and missing keys
     *both("colour", "blue", "colour", "unknown key; allowed here: study, storage, model, data, training, hardware"),
+    *both("a:x:b", 1, "a:x:b", "unknown key"),  # printed as written: no emoji for `:x:`
     *both("space.foo", [1], "space.foo", "unknown key; allowed here: micro_batch_size, zero_stage, offload_optimizer"),
     *both("training.learning_rate", 0.1, "training.learning_rate", "unknown key; allowed here: global_batch_size"),
     *both("model", DROP, "model", "required key is missing"),
@@ -205,9 +209,10 @@ CASES: list[Case] = [
     *both("hardware.cpus_per_rank", 0, "hardware.cpus_per_rank", f"{POSITIVE} (got 0)"),
     *both("hardware.accelerator", "tpu", "hardware.accelerator", "Input should be 'auto', 'cuda' or 'cpu'"),
     *both("hardware.nodes_per_trial", 3, "hardware.nodes_per_trial", "must divide gpus_per_trial (2)"),
-    *both(
-        "hardware.ray_resources", {"GPU": 1}, "hardware.ray_resources", "'GPU' is set by gpus_per_trial; only custom"
-    ),
+    *both("hardware.ray_resources", {"GPU": 1}, "hardware.ray_resources", "'GPU' is Ray's own (gpus_per_trial and"),
+    *both("hardware.ray_resources", {"object_store_memory": 1}, "hardware.ray_resources", "only custom resource"),
+    search("hardware.ray_resources", {"h100": 1}, "hardware.ray_resources", "no node has h100=1 (ray start --res"),
+    search("hardware.nodes_per_trial", 2, "hardware.nodes_per_trial", "a trial needs 2 nodes with CPU=1 each;"),
     # the DeepSpeed base config
     *both("training.base_config", "nope.json", "training.base_config", "no such file: nope.json"),
     *both("training.base_config", 5, "training.base_config", "must be a path or a mapping (got 5)"),
@@ -269,6 +274,16 @@ CASES: list[Case] = [
     flag("search", "space.yaml", "--storage", "sqlite3:/x", key="--storage", says="an SQLAlchemy URL such as"),
     flag("search", "space.yaml", "--storage", "tuner.sqlite3", key="--storage", says="an SQLAlchemy URL such as"),
     flag("search", "space.yaml", "--address", "127.0.0.1:1", key="--address", says="no Ray cluster answers at"),
+    flag("search", "space.yaml", "--address", "localhost:abc", key="--address", says="auto, HOST:PORT or ray://"),
+    flag(
+        "search",
+        "space.yaml",
+        "--run-dir",
+        "log",
+        key="--run-dir",
+        says="log is a file; the trials' logs need",
+        files={"log": b""},
+    ),
     flag("plan", "space.yaml", "--accelerator", "tpu", key="--accelerator", says="cuda or cpu is allowed"),
     flag("results", "--study", "x", "--storage", "nosuch://x", key="--storage", says="cannot open storage nosuch"),
     flag("export", "--study", "x", "--output", "o.json", "--storage", UNREACHABLE, key="--storage", says="cannot open"),
@@ -281,10 +296,12 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.delenv("TUNER_STORAGE", raising=False)
 
     def not_for_bad_input(*_: Any, **__: Any) -> None:
-        raise AssertionError("bad input reached Ray or the trials")
+        raise AssertionError("bad input reached the trials")
 
-    monkeypatch.setattr("ray.init", not_for_bad_input)  # a case that slips through fails fast, without Ray
-    monkeypatch.setattr("tuner.search.prebuild_everywhere", not_for_bad_input)
+    monkeypatch.setattr("ray.init", lambda **_: None)
+    monkeypatch.setattr("ray.nodes", lambda: [{"Alive": True, "Resources": NODE}])
+    monkeypatch.setattr("ray.cluster_resources", lambda: NODE)
+    monkeypatch.setattr("tuner.search.prebuild_everywhere", not_for_bad_input)  # a case that slips through
     return CliRunner()
 
 
