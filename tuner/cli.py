@@ -375,7 +375,9 @@ def plan(
         if study is not None:
             from tuner.store import load_study, measured_memory, open_storage
 
-            found = load_study(open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage"), study)
+            found = load_study(
+                open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage", existing=True), study
+            )
             measured = measured_memory(found)
             calibrations = calibrate(shape, setup, measured)
     except SpaceError as exc:
@@ -432,7 +434,7 @@ def export(
 
     url = storage or DEFAULT_STORAGE
     try:
-        found = load_study(open_storage(url, "--storage"), study)
+        found = load_study(open_storage(url, "--storage", existing=True), study)
         done = do_export(found, url, output, trial, world_size, fmt, accelerator)
     except SpaceError as exc:
         _fail(exc)
@@ -461,7 +463,7 @@ def results(
 
     url = storage or DEFAULT_STORAGE
     try:
-        frame = results_frame(load_study(open_storage(url, "--storage"), study))
+        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
         text = write_results(frame, fmt, output)
     except SpaceError as exc:
         _fail(exc)
@@ -484,7 +486,7 @@ def report(
 
     url = storage or DEFAULT_STORAGE
     try:
-        page = render_report(load_study(open_storage(url, "--storage"), study), url)
+        page = render_report(load_study(open_storage(url, "--storage", existing=True), study), url)
     except SpaceError as exc:
         _fail(exc)
     output.parent.mkdir(parents=True, exist_ok=True)

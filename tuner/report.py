@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.errors import SpaceError
 from tuner.results import objective_names, results_frame, table_text
 from tuner.store import best_trial, redact, repeat_means
 
@@ -153,6 +154,8 @@ def _best_section(study: optuna.Study) -> str:
 def render_report(study: optuna.Study, storage_url: str) -> str:
     """The whole report as one HTML document (plotly.js inlined once)."""
     frame = results_frame(study)
+    if frame.empty:
+        raise SpaceError("--study", f"study {study.study_name!r} has no trials to report yet; run tuner search first")
     parts = []
     for index, (name, fig) in enumerate(_figures(study, frame)):
         fig.update_layout(height=460)

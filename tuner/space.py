@@ -390,6 +390,8 @@ def _check_storage(url: str, key: str) -> None:
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme not in STORAGE_SCHEMES:
         raise SpaceError(key, f"an SQLAlchemy URL such as sqlite:///tuner.sqlite3 is allowed, not {url!r}")
+    if scheme == "sqlite" and url.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
+        raise SpaceError(key, f"an in-memory SQLite store ({url}) is gone when tuner exits: name a file instead")
 
 
 def _check_model_config(config: dict[str, Any], sequence_length: int) -> None:

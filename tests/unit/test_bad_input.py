@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -35,6 +36,7 @@ GOOD: dict[str, Any] = {
 }
 DROP = object()  # as a value: remove the key
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/n"  # nothing listens on port 1: refused at once
+STORE = ("--storage", "sqlite:///store.db")
 NODE = {"CPU": 1024.0, "memory": 2.0**40, "node:10.0.0.1": 1.0}  # the stand-in Ray cluster's one node
 
 
@@ -62,6 +64,7 @@ class Case:
     space: dict[str, Any] | bytes = field(default_factory=lambda: GOOD)  # a mapping is written as YAML
     files: dict[str, bytes] = field(default_factory=dict)
     name: str = ""
+    store: bool = False  # a store.db beside it, holding an empty study `empty`
 
     @property
     def id(self) -> str:
@@ -84,9 +87,9 @@ def search(path: str, value: Any, key: str, says: str) -> Case:
     return Case(("search", "space.yaml"), key, says, edit(path, value), name=f"{path}={value!r}"[:60])
 
 
-def flag(*argv: str, key: str, says: str, files: dict[str, bytes] | None = None) -> Case:
-    """A bad command-line value, with the good space (and `files`) beside it."""
-    return Case(tuple(argv), key, says, files=files or {}, name=" ".join(argv[1:])[:60])
+def flag(*argv: str, key: str, says: str, files: dict[str, bytes] | None = None, store: bool = False) -> Case:
+    """A bad command-line value, with the good space (and `files`, and a store with an empty study) beside it."""
+    return Case(tuple(argv), key, says, files=files or {}, name=" ".join(argv[1:])[:60], store=store)
 
 
 def llama(**changes: Any) -> dict[str, Any]:
@@ -287,6 +290,51 @@ CASES: list[Case] = [
     flag("plan", "space.yaml", "--accelerator", "tpu", key="--accelerator", says="cuda or cpu is allowed"),
     flag("results", "--study", "x", "--storage", "nosuch://x", key="--storage", says="cannot open storage nosuch"),
     flag("export", "--study", "x", "--output", "o.json", "--storage", UNREACHABLE, key="--storage", says="cannot open"),
+    flag("export", "--study", "x", *STORE, "--output", "o.json", key="--study", says="no study named 'x'", store=True),
+    flag("export", "--study", "empty", *STORE, "--output", "o.json", key="--study", says="no COMPLETE", store=True),
+    flag(
+        "export",
+        "--study",
+        "empty",
+        *STORE,
+        "--output",
+        "o.json",
+        "--format",
+        "xml",
+        key="--format",
+        says="deepspeed, hf",
+        store=True,
+    ),
+    flag(
+        "results",
+        "--study",
+        "empty",
+        *STORE,
+        "--format",
+        "xml",
+        key="--format",
+        says="table, csv, json, parquet",
+        store=True,
+    ),
+    flag("results", "--study", "empty", *STORE, "--format", "parquet", key="--output", says="name a file", store=True),
+    flag(
+        "report",
+        "--study",
+        "empty",
+        *STORE,
+        "--output",
+        "r.html",
+        key="--study",
+        says="no trials to report",
+        store=True,
+    ),
+    flag("dashboard", "--port", "99999", key="--port", says="must be between 1 and 65535"),
+    flag("results", "--study", "x", key="--storage", says="no SQLite store at tuner.sqlite3: tuner search writes it"),
+    flag("report", "--study", "x", "--output", "r.html", key="--storage", says="no SQLite store at tuner.sqlite3"),
+    flag("export", "--study", "x", "--output", "o.json", key="--storage", says="no SQLite store at tuner.sqlite3"),
+    flag("plan", "space.yaml", "--study", "x", key="--storage", says="no SQLite store at tuner.sqlite3"),
+    flag("results", "--study", "x", "--storage", "sqlite://", key="--storage", says="an in-memory SQLite store"),
+    flag("search", "space.yaml", "--storage", "sqlite:///:memory:", key="--storage", says="is gone when tuner exits"),
 ]
 
 
@@ -323,8 +371,10 @@ def test_bad_input_is_exit_2_with_one_line_naming_the_key_and_nothing_written(
     (tmp_path / "space.yaml").write_bytes(space)
     for name, content in case.files.items():
         (tmp_path / name).write_bytes(content)
+    if case.store:
+        optuna.create_study(study_name="empty", storage="sqlite:///store.db")
     result = runner.invoke(app, list(case.argv))
-    assert_rejected(result, case.key, case.says, tmp_path, ["space.yaml", *case.files])
+    assert_rejected(result, case.key, case.says, tmp_path, ["space.yaml", *case.files, *(["store.db"] * case.store)])
 
 
 def test_the_good_space_is_accepted_by_plan(runner: CliRunner, tmp_path: Path) -> None:
