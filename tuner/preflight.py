@@ -35,18 +35,23 @@ def _lookup(config: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
     return True, node
 
 
+def _listed(space: Space, knob: str) -> str:
+    """`space.<knob> (its values)`, as the warning names it."""
+    return f"space.{knob} ({', '.join(str(v) for v in getattr(space.space, knob))})"
+
+
 def base_config_overrides(space: Space) -> list[str]:
     """One line per key of the base config that the tuned keys replace, naming what replaces it (pure)."""
-    tuned, ranks = space.space, space.hardware.gpus_per_trial
+    ranks = space.hardware.gpus_per_trial
     precision = f"training.precision ({space.training.precision})"
     replaced_by = {
         ("train_batch_size",): f"training.global_batch_size ({space.training.global_batch_size})",
-        ("train_micro_batch_size_per_gpu",): f"space.micro_batch_size ({', '.join(map(str, tuned.micro_batch_size))})",
+        ("train_micro_batch_size_per_gpu",): _listed(space, "micro_batch_size"),
         ("gradient_accumulation_steps",): "the accumulation each point implies: training.global_batch_size / "
         f"(micro-batch x hardware.gpus_per_trial {ranks})",
-        ("zero_optimization", "stage"): f"space.zero_stage ({', '.join(map(str, tuned.zero_stage))})",
-        ("zero_optimization", "offload_optimizer"): f"space.offload_optimizer ({', '.join(tuned.offload_optimizer)})",
-        ("zero_optimization", "offload_param"): f"space.offload_param ({', '.join(tuned.offload_param)})",
+        ("zero_optimization", "stage"): _listed(space, "zero_stage"),
+        ("zero_optimization", "offload_optimizer"): _listed(space, "offload_optimizer"),
+        ("zero_optimization", "offload_param"): _listed(space, "offload_param"),
         ("fp16", "enabled"): precision,
         ("bf16", "enabled"): precision,
     }
