@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.errors import SpaceError
-from tuner.store import best_trial, load_study, measured_trials, open_storage
+from tuner.store import load_study, open_storage
 
 URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
@@ -34,11 +34,11 @@ def test_postgresql_keeps_a_study_and_its_trials() -> None:
         study.tell(failed, state=TrialState.FAIL)
 
         again = load_study(open_storage(URL), name)  # a second connection reads what the first wrote
-        trials = measured_trials(again)
+        trials = again.get_trials()
         assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.FAIL)]
         assert trials[0].value == 1234.5 and trials[0].user_attrs == {"tokens_per_s": 1234.5}
         assert trials[1].user_attrs == {"failure_category": "oom"}
-        assert best_trial(again).number == 0  # type: ignore[union-attr]
+        assert again.best_trial.number == 0
         with pytest.raises(SpaceError, match=rf"no study named '{name}-absent'.*{name}"):
             load_study(storage, f"{name}-absent")
     finally:
