@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one line naming the key), 1 a run that produ
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,8 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # a message's `:x:` stays as written
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 StorageOpt = Annotated[
     str | None,
@@ -35,6 +36,28 @@ StorageOpt = Annotated[
 def _fail(exc: SpaceError) -> NoReturn:
     err.print(f"error: {exc}", markup=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
+    """DeepSpeed's parser on the base config (a SpaceError for its first problem), then one warning per base
+    config key the tuned keys replace."""
+    from tuner.preflight import base_config_overrides, check_base_config
+
+    if enumeration.valid:
+        check_base_config(space, enumeration.valid, accelerator)
+    for line in base_config_overrides(space):
+        err.print(f"warning: {line}", markup=False)
+
+
+def _check_run_dir(folder: Path) -> None:
+    """The study's log folder must be one that can be created here: found out before the study is."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpaceError("--run-dir", f"{existing} is a file; the trials' logs need a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpaceError("--run-dir", f"cannot create {folder}: {existing} is not writable")
 
 
 def _version(value: bool) -> None:
@@ -136,6 +159,7 @@ def search(
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
+    from tuner.search import detect_accelerator
     from tuner.space import DEFAULT_STORAGE, load_space
     from tuner.store import redact
 
@@ -149,6 +173,8 @@ def search(
         if not enumeration.valid:
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())
             raise SpaceError("space", f"no valid point: {reasons}")
+        _preflight(space, enumeration, detect_accelerator(space))
+        _check_run_dir(run_dir / str(space.study))
     except SpaceError as exc:
         _fail(exc)
     assert space.storage is not None and space.study is not None
@@ -276,6 +302,7 @@ def plan(
             raise SpaceError("--accelerator", f"cuda or cpu is allowed, not {accelerator!r}")
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
+        _preflight(space, enumeration, kind)
         shape = model_shape(space.model_config_dict)
         setup = estimate_setup(space, kind)
         calibrations = None
@@ -283,7 +310,9 @@ def plan(
         if study is not None:
             from tuner.store import load_study, measured_memory, open_storage
 
-            found = load_study(open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage"), study)
+            found = load_study(
+                open_storage(storage or space.storage or DEFAULT_STORAGE, "--storage", existing=True), study
+            )
             measured = measured_memory(found)
             calibrations = calibrate(shape, setup, measured)
     except SpaceError as exc:
@@ -304,7 +333,7 @@ def plan(
     )
     if budget.device_gb is None:
         out.print("no memory budget: set hardware.device_memory_gb to have points judged", markup=False)
-    wide = Console(highlight=False, width=max(out.width, 150))  # a table too narrow to read helps no one
+    wide = Console(highlight=False, emoji=False, width=max(out.width, 150))  # a table too narrow to read helps no one
     wide.print(_plan_table(result), soft_wrap=False)
     for row in result.rows:
         if row.reason:
@@ -340,7 +369,7 @@ def export(
 
     url = storage or DEFAULT_STORAGE
     try:
-        found = load_study(open_storage(url, "--storage"), study)
+        found = load_study(open_storage(url, "--storage", existing=True), study)
         done = do_export(found, url, output, trial, world_size, fmt, accelerator)
     except SpaceError as exc:
         _fail(exc)
@@ -369,7 +398,7 @@ def results(
 
     url = storage or DEFAULT_STORAGE
     try:
-        frame = results_frame(load_study(open_storage(url, "--storage"), study))
+        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
         text = write_results(frame, fmt, output)
     except SpaceError as exc:
         _fail(exc)
@@ -392,7 +421,7 @@ def report(
 
     url = storage or DEFAULT_STORAGE
     try:
-        page = render_report(load_study(open_storage(url, "--storage"), study), url)
+        page = render_report(load_study(open_storage(url, "--storage", existing=True), study), url)
     except SpaceError as exc:
         _fail(exc)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ def serve(url: str, host: str, port: int, say: Callable[[str], None]) -> None:
     import optuna
     from optuna_dashboard import run_server
 
+    check_port(host, port)  # before the store is opened: a SQLite one is created when missing
     storage = open_storage(url, "--storage")
-    check_port(host, port)
     studies = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     say(f"optuna-dashboard on {redact(url)} ({len(studies)} stud{'y' if len(studies) == 1 else 'ies'})")
     if host not in LOCAL_HOSTS:

@@ -58,7 +58,7 @@ def build_ds_config(
     config.setdefault("steps_per_print", 1_000_000)  # a trial's own timing is the report; keep logs quiet
     zero_base = config.get("zero_optimization", {})
     if isinstance(zero_base, dict):  # what the main knobs set (stage, offload) must not leak from the base
-        owned = {key for k in MAIN for key in k.owns}
+        owned = {path[1] for k in MAIN for path in k.paths if path[0] == "zero_optimization"}
         config["zero_optimization"] = {k: v for k, v in zero_base.items() if k not in owned}
     tuned = {"train_batch_size": global_batch, "gradient_accumulation_steps": accum, **_precision_sections(precision)}
     config = apply_knobs(_merge(config, tuned), point.items(), accelerator)

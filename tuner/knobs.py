@@ -81,7 +81,7 @@ class Knob:
     always: bool = False  # labelled even at its neutral value (z0)
     stages: tuple[int, ...] = (0, 1, 2, 3)  # ZeRO stages whose DeepSpeed code reads it
     ranks_rule: Callable[[Any, int], str | None] | None = None  # what the value needs of the rank count
-    owns: tuple[str, ...] = ()  # the ds_config keys it sets, dropped from the base config before merging
+    paths: tuple[tuple[str, ...], ...] = ()  # the ds_config keys it replaces (a base config's are dropped)
     memory: Memory = "none"
     work: Work = "none"
     device_only: bool = False  # moves work or memory off the device: nothing moves on a CPU-only machine
@@ -108,23 +108,25 @@ KNOBS: tuple[Knob, ...] = (
     Knob(
         "micro_batch_size", int, "Samples per rank per micro-step; accumulation keeps the global batch.",
         _micro, default=None, short="mb", always=True, memory="more", work="same", scale=True,
+        paths=(("train_micro_batch_size_per_gpu",),),
         hf_argument="per_device_train_batch_size",
     ),
     Knob(
         "zero_stage", int, "ZeRO stage: 0 data parallel, 1 optimizer states, 2 + gradients, 3 + parameters.",
         _zero_key("stage"), choices=(0, 1, 2, 3), default=(0, 1, 2, 3), neutral=0, short="z", always=True,
-        owns=("stage",), memory="learned", work="zero_stage", code_path=True,
+        paths=(("zero_optimization", "stage"),), memory="learned", work="zero_stage", code_path=True,
     ),
     Knob(
         "offload_optimizer", str, "Optimizer states and their step on the CPU (ZeRO-Offload); ZeRO 1+.",
         _offload("offload_optimizer"), choices=("none", "cpu"), default=("none",), neutral="none", short="opt=",
-        stages=(1, 2, 3), owns=("offload_optimizer",), memory="same", work="adds", device_only=True,
-        code_path=True,
+        stages=(1, 2, 3), paths=(("zero_optimization", "offload_optimizer"),), memory="same", work="adds",
+        device_only=True, code_path=True,
     ),
     Knob(
         "offload_param", str, "Parameters on the CPU between uses (ZeRO-Infinity); ZeRO 3.",
         _offload("offload_param"), choices=("none", "cpu"), default=("none",), neutral="none", short="param=",
-        stages=(3,), owns=("offload_param",), memory="same", work="adds", device_only=True, code_path=True,
+        stages=(3,), paths=(("zero_optimization", "offload_param"),), memory="same", work="adds", device_only=True,
+        code_path=True,
     ),
     Knob(
         "activation_checkpointing", bool, "Recompute each layer's activations in the backward pass.",
@@ -162,7 +164,7 @@ KNOBS: tuple[Knob, ...] = (
 
 BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
 # DeepSpeed's zero_optimization sections the offload knobs write; the optimizer's decides which Adam runs
-OFFLOAD_SECTIONS: tuple[str, ...] = tuple(key for k in KNOBS if k.device_only for key in k.owns)
+OFFLOAD_SECTIONS: tuple[str, ...] = tuple(path[-1] for k in KNOBS if k.device_only for path in k.paths)
 OPTIMIZER_OFFLOAD: str = "offload_optimizer"
 MAIN: tuple[Knob, ...] = tuple(k for k in KNOBS if k.phase == "main")
 COMM: tuple[Knob, ...] = tuple(k for k in KNOBS if k.phase == "comm")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.errors import SpaceError
 from tuner.knobs import SCALE, family_label
 from tuner.ranking import best, objective_names, rank_study
 from tuner.results import results_frame, table_text
@@ -148,6 +149,8 @@ def _best_section(study: optuna.Study) -> str:
 def render_report(study: optuna.Study, storage_url: str) -> str:
     """The whole report as one HTML document (plotly.js inlined once)."""
     frame = results_frame(study)
+    if frame.empty:
+        raise SpaceError("--study", f"study {study.study_name!r} has no trials to report yet; run tuner search first")
     parts = []
     for index, (name, fig) in enumerate(_figures(study, frame)):
         fig.update_layout(height=460)

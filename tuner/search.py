@@ -175,8 +175,10 @@ def create_study(space: Space, storage: RDBStorage | None = None) -> optuna.Stud
 def _check_reachable(address: str) -> None:
     """A HOST:PORT that does not answer is reported at once (Ray itself retries for minutes)."""
     host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return  # auto and ray:// fail fast in Ray itself
+    if "://" in address or address in ("auto", "local"):
+        return  # Ray refuses these at once itself
+    if not host or not port.isdigit():
+        raise SpaceError("--address", f"auto, HOST:PORT or ray://HOST:PORT is allowed, not {address!r}")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
@@ -220,6 +222,10 @@ def placement(space: Space, accelerator: str, address: str | None) -> tuple[list
     shape = TrialShape(hardware.gpus_per_trial, hardware.nodes_per_trial, accelerator, hardware.ray_resources, per_rank)
     bundles = trial_bundles(shape, local_cpus=None if address else os.cpu_count() or 1)
     at_once = concurrent_trials(nodes, bundles)
+    for name, amount in hardware.ray_resources.items() if at_once == 0 else ():
+        if not any(node.get(name, 0.0) >= amount for node in nodes):
+            have = f"the Ray cluster has {describe_nodes(nodes)}"
+            raise SpaceError("hardware.ray_resources", f"no node has {name}={amount:g} (ray start --resources); {have}")
     if at_once == 0:
         key = "hardware.nodes_per_trial" if len(bundles) > 1 else "hardware.gpus_per_trial"
         bundle = describe_resources(bundles[0])

@@ -136,8 +136,11 @@ class HardwareSection(_Section):
     @classmethod
     def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
         for name in value:
-            if name.upper() in ("CPU", "GPU", "MEMORY"):
-                raise ValueError(f"{name!r} is set by gpus_per_trial; only custom resource names are allowed")
+            if name.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
+                raise ValueError(
+                    f"{name!r} is Ray's own (gpus_per_trial and cpus_per_rank set CPU and GPU); only custom "
+                    "resource names are allowed"
+                )
         return value
 
     @property
@@ -394,17 +397,22 @@ def _check_storage(url: str, key: str) -> None:
     scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     if scheme not in STORAGE_SCHEMES:
         raise SpaceError(key, f"an SQLAlchemy URL such as sqlite:///tuner.sqlite3 is allowed, not {url!r}")
+    if scheme == "sqlite" and url.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
+        raise SpaceError(key, f"an in-memory SQLite store ({url}) is gone when tuner exits: name a file instead")
 
 
-def _check_model_config(config: dict[str, Any]) -> None:
-    """The architecture must be one transformers can build offline."""
+def _check_model_config(config: dict[str, Any], sequence_length: int) -> None:
+    """The architecture must be one transformers can build offline, and accepts, for this sequence length."""
     from transformers import CONFIG_MAPPING
+
+    from tuner.workload.hf_causal_lm import validate_model_config
 
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         raise SpaceError("model.config.model_type", "required: a transformers architecture such as gpt2 or llama")
     if model_type not in CONFIG_MAPPING:
         raise SpaceError("model.config.model_type", f"unknown architecture {model_type!r}; e.g. gpt2, llama, qwen2")
+    validate_model_config(config, sequence_length)
 
 
 def parse_space(raw: Any, default_study: str) -> Space:
@@ -419,8 +427,20 @@ def parse_space(raw: Any, default_study: str) -> Space:
         space = space.model_copy(update={"study": default_study})
     if space.storage is not None:
         _check_storage(space.storage, "storage")
-    _check_model_config(space.model_config_dict)
+    _check_model_config(space.model_config_dict, space.data.sequence_length)
     return space
+
+
+def _read_text(path: Path, key: str) -> str:
+    """The file's text; one that is not UTF-8 or cannot be read is the user's error, on one line."""
+    where = "" if key == str(path) else f"{path}: "
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        raise SpaceError(key, f"{where}not UTF-8 text ({byte}); save the file as UTF-8") from None
+    except OSError as exc:
+        raise SpaceError(key, f"{where}cannot be read: {exc.strerror or exc}") from None
 
 
 def _read_mapping(value: str, base_dir: Path, key: str, folder_file: str) -> dict[str, Any]:
@@ -432,7 +452,7 @@ def _read_mapping(value: str, base_dir: Path, key: str, folder_file: str) -> dic
     if not path.is_file():
         raise SpaceError(key, f"no such file: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        loaded = yaml.safe_load(_read_text(path, key))  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise SpaceError(key, f"{path} is not valid JSON or YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(loaded, dict):
@@ -444,8 +464,9 @@ def read_yaml(path: Path) -> Any:
     """The YAML document at `path`, with syntax errors as one-line SpaceErrors."""
     if not path.is_file():
         raise SpaceError(str(path), "no such space file")
+    text = _read_text(path, str(path))
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
@@ -32,8 +33,31 @@ def redact_text(text: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", text)
 
 
-def open_storage(url: str, key: str = "storage") -> RDBStorage:
-    """Connect (creating Optuna's tables if needed); an unusable URL is the user's error, on one line."""
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names ('' for an in-memory database); None for any other URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return "" if parsed.database in (None, "", ":memory:") else str(parsed.database)
+
+
+def open_storage(url: str, key: str = "storage", existing: bool = False) -> RDBStorage:
+    """Connect (creating Optuna's tables if needed); an unusable URL is the user's error, on one line.
+
+    `existing`: a store to read from, so a SQLite file that is not there is an error rather than a new,
+    empty file (a command run in the wrong folder would otherwise leave one behind).
+    """
+    path = _sqlite_file(url) if existing else None
+    if path == "":
+        raise SpaceError(key, f"an in-memory SQLite store ({url}) holds no study: name the search's file")
+    if path is not None and not Path(path).is_file():
+        raise SpaceError(key, f"no SQLite store at {path}: tuner search writes it; or name another with --storage")
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Wait for a lock instead of failing at once when optuna-dashboard reads the same file.

@@ -7,10 +7,12 @@ The throughput of a training step does not depend on the weights' values, only o
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
+from tuner.errors import SpaceError
 from tuner.estimate import ModelShape
 
 # transformers' activation functions written as several Python operations, each keeping a tensor for
@@ -34,6 +36,106 @@ def build_config(model_config: dict[str, Any]) -> Any:
         if isinstance(token, int) and isinstance(vocab, int) and token >= vocab:
             fields[key] = vocab - 1  # defaults made for the full vocabulary; random ids need no tokenizer
     return AutoConfig.for_model(model_type, **fields)
+
+
+# Sizes a model needs at least one of; transformers accepts 0 or less for some and fails later, in every trial.
+POSITIVE_SIZES = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "intermediate_size", "max_position_embeddings", "head_dim",
+)  # fmt: skip
+
+
+def _user_key(model_config: dict[str, Any], aliases: dict[str, str], name: str) -> str | None:
+    """The key the user wrote for transformers' attribute `name` (gpt2's n_head for num_attention_heads)."""
+    return next((key for key in model_config if key in (name, aliases.get(name))), None)
+
+
+def _key_holding(model_config: dict[str, Any], value: object, prefix: str = "") -> str | None:
+    """The dotted key whose value is `value` (what a KeyError from transformers names), if one is."""
+    for key, held in model_config.items():
+        if isinstance(held, dict):
+            found = _key_holding(held, value, f"{prefix}{key}.")
+            if found:
+                return found
+        elif isinstance(held, str) and held == value:
+            return f"{prefix}{key}"
+    return None
+
+
+def _named_key(model_config: dict[str, Any], exc: BaseException) -> str:
+    """model.config, or model.config.<field> when transformers' message names a field the user wrote."""
+    text = str(exc)
+    field = re.search(r"Validation error for field '(\w+)'", text)
+    named = field.group(1) if field else None
+    if named is None and isinstance(exc, KeyError) and exc.args:
+        named = _key_holding(model_config, exc.args[0])  # an unknown name: ACT2FN['nope'], a rope_type, ...
+    if named is None:
+        named = next((k for k in model_config if re.search(rf"\b{re.escape(k)}\b", text)), None)
+    return f"model.config.{named}" if named else "model.config"
+
+
+def _one_line(exc: BaseException) -> str:
+    """transformers' message without its wrapper (huggingface_hub's strict dataclasses put the cause below)."""
+    cause = exc.__cause__ if "StrictDataclass" in type(exc).__name__ and exc.__cause__ else exc
+    if isinstance(cause, KeyError) and cause.args:
+        return f"no such name: {cause.args[0]!r}"  # a lookup in one of its tables (activations, rope types)
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def validate_model_config(model_config: dict[str, Any], sequence_length: int) -> None:
+    """Raise SpaceError (naming model.config, or its field) for a config transformers would reject.
+
+    transformers 5 checks a config's fields and architecture (`validate_architecture`) in its constructor,
+    some architectures only when the model is built, and a few mismatches only in the forward pass. All of
+    those run here before anything is written: the config, then the model on the meta device (shapes only,
+    milliseconds even for 70B), then what the forward pass would hit (key/value heads, learned positions).
+    """
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    # transformers' names for the user's keys: gpt2's attribute_map has max_position_embeddings -> n_positions
+    aliases: dict[str, str] = dict(getattr(CONFIG_MAPPING[model_config["model_type"]], "attribute_map", {}))
+    standard = {alias: name for name, alias in aliases.items()}
+    for key, value in model_config.items():
+        if standard.get(key, key) in POSITIVE_SIZES and type(value) is int and value <= 0:
+            raise SpaceError(f"model.config.{key}", f"must be a positive integer (got {value})")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the one line below says what is wrong; no warnings around it
+    try:
+        config = build_config(model_config)
+        config.use_cache = False
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # user values handed to transformers: any refusal is the user's to fix
+        if "Unrecognized configuration class" in str(exc):
+            raise SpaceError(
+                "model.config.model_type",
+                f"{model_config['model_type']!r} is not a causal language model transformers builds "
+                "(AutoModelForCausalLM); e.g. gpt2, llama, qwen2",
+            ) from None
+        raise SpaceError(_named_key(model_config, exc), f"transformers rejects it: {_one_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
+        key = _user_key(model_config, aliases, "num_key_value_heads") or "num_key_value_heads"
+        why = "each key/value head serves the same number of query heads"
+        raise SpaceError(f"model.config.{key}", f"must divide num_attention_heads ({heads}), got {kv_heads}: {why}")
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or sequence_length <= positions:
+        return
+    inputs = model.get_input_embeddings()
+    if any(
+        isinstance(m, torch.nn.Embedding) and m is not inputs and positions <= m.num_embeddings <= positions + 2
+        for m in model.modules()
+    ):  # a learned position table (GPT-2's wpe, OPT's embed_positions) has no row past max_position_embeddings
+        written = _user_key(model_config, aliases, "max_position_embeddings")
+        name = f"model.config.{written}" if written else "the model's max_position_embeddings"
+        raise SpaceError(
+            "data.sequence_length",
+            f"must be at most {name} ({positions}): the learned position table ends there; got {sequence_length}",
+        )
 
 
 def import_model_code(model_config: dict[str, Any]) -> None:
