@@ -11,7 +11,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from tuner import __version__
 from tuner.errors import SpaceError
@@ -75,72 +74,6 @@ def main(
     """Auto-tune DeepSpeed training configurations."""
 
 
-class _Progress:
-    """Prints one line per trial start and end, with the current best (tuner.ranking's, sent with the event)."""
-
-    def __init__(self, objective: str) -> None:
-        self.objective = objective
-        self.budget = 0
-        self.finished = 0
-
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "plan":
-            self.budget = data["budget"]
-            out.print(
-                f"{data['remaining']} point(s) to run, {self.budget} trial(s) in this run, on {data['accelerator']}"
-            )
-            if data["memory_budget_gb"] is not None:
-                action = "pruned (recorded PRUNED, not launched)" if data["prune"] else "run anyway (--no-prune)"
-                out.print(
-                    f"memory budget {data['memory_budget_gb']:g} GB per device: {data['predicted_unfit']} point(s) "
-                    f"predicted not to fit so far, to be {action}",
-                    markup=False,
-                )
-        elif kind == "pruned":
-            out.print(f"pruned trial {data['number']} {data['point'].label()}: {data['reason']}", markup=False)
-        elif kind == "reclaimed":
-            if data["reclaimed"]:
-                numbers = ", ".join(map(str, data["reclaimed"]))
-                out.print(f"trial(s) {numbers} were left RUNNING by a search that ended without recording them: "
-                          "recorded FAIL interrupted, their points run again")  # fmt: skip
-            if data["foreign"]:
-                numbers = ", ".join(map(str, data["foreign"]))
-                err.print(
-                    f"warning: trial(s) {numbers} are RUNNING for a search on another host; left as they are "
-                    f"(a rerun reclaims a trial once its search has recorded no heartbeat for {data['grace_s']:g} s)"
-                )
-        elif kind == "concurrency":
-            spans = f", each over {data['nodes_per_trial']} nodes" if data.get("nodes_per_trial", 1) > 1 else ""
-            out.print(f"{data['trials']} trial(s) at a time (what the Ray cluster's resources hold){spans}")
-        elif kind == "prebuild":
-            names = ", ".join(data.get("ops") or []) or "none needed"
-            out.print(f"preparing DeepSpeed ops: {names} (prebuilt, or compiled once and cached) ...", markup=False)
-        elif kind == "warning":
-            err.print(f"warning: {data['message']}", markup=False)
-        elif kind == "end":
-            self._end(data)
-
-    def _end(self, data: dict[str, Any]) -> None:
-        self.finished += 1
-        result = data["result"]
-        head = f"[{self.finished}/{self.budget}] trial {data['number']} {data['point'].label()}:"
-        if not result.ok:
-            out.print(f"{head} FAIL {result.failure_category}: {result.failure_reason}", markup=False)
-            return
-        best = data.get("best")
-        f = result.figures
-        mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
-        noisy = " NOISY" if f.get("noisy") else ""
-        noisy += ", STOPPED EARLY: clearly slower than the best" if f.get("stopped_early") else ""
-        out.print(
-            f"{head} {f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu} "
-            f"step {f['step_time_s']:.3f} s (cv {f['step_time_cv']:.1%} over {f['measured_steps']:.0f}{noisy}), "
-            f"peak {f['peak_mem_gb']:.2f} GB, trial {result.duration_s:.0f} s of which fixed "
-            f"{f['fixed_overhead_s']:.0f} s" + (f"  (best: {best.describe(self.objective)})" if best else ""),
-            markup=False,
-        )
-
-
 @app.command()
 def search(
     space_file: Annotated[Path, typer.Argument(help="The search-space YAML file.", show_default=False)],
@@ -189,7 +122,9 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    progress = _Progress(space.objectives[0])
+    from tuner.progress import Progress
+
+    progress = Progress(out, err, space.objectives[0])
     try:
         searched = run_search(
             space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
@@ -216,62 +151,6 @@ def search(
         err.print("error: no trial completed; see the failures above and the logs under " + str(run_dir))
         raise typer.Exit(1)
     out.print(best, markup=False)
-
-
-def _plan_table(plan: Any) -> Table:
-    from tuner.estimate import GB
-
-    title = f"memory per device (GB of 2^30 bytes), budget {plan.budget.describe()} +{plan.budget.margin:.0%}"
-    table = Table(title=title, title_justify="left")
-    numeric = ("peak", "params", "grads", "optim", "activ", "logits", "buffers", "runtime", "host/node", "GFLOP/tok")
-    for name in ("point", "fits", *numeric):
-        table.add_column(name, justify="right" if name in numeric else "left")
-    for row in plan.rows:
-        parts = row.estimate.parts
-        fits = {True: "yes", False: "NO", None: "?"}[row.fits]
-        table.add_row(
-            row.point.label(), fits, f"{row.predicted_gb:.2f}",
-            *(f"{parts[k] / GB:.2f}" for k in ("parameters", "gradients", "optimizer_states", "activations",
-                                                "logits", "buffers", "runtime")),
-            f"{row.estimate.host_gb:.1f}", f"{row.estimate.flops_per_token / 1e9:.3g}",
-        )  # fmt: skip
-    return table
-
-
-def _plan_json(plan: Any, space_file: Path) -> dict[str, Any]:
-    import dataclasses
-
-    from tuner.estimate import GB
-
-    return {
-        "space": str(space_file),
-        "model": dataclasses.asdict(plan.shape),
-        "setup": dataclasses.asdict(plan.setup),
-        "budget": dataclasses.asdict(plan.budget),
-        "calibration": dataclasses.asdict(plan.calibrations),
-        "points": [
-            {
-                "point": row.point.params(),
-                "label": row.point.label(),
-                "fits": row.fits,
-                "reason": row.reason,
-                "predicted_gb": row.predicted_gb,
-                "raw_predicted_gb": row.estimate.device_gb,
-                "parts_gb": {k: v / GB for k, v in row.estimate.parts.items()},
-                "build_gb": row.estimate.build_bytes / GB,
-                "fragmentation_gb": row.estimate.fragmentation_bytes / GB,
-                "host_gb_per_node": row.estimate.host_gb,
-                "model_flops_per_token": row.estimate.flops_per_token,
-            }
-            for row in plan.rows
-        ],
-        "summary": {
-            "points": plan.total,
-            "invalid": plan.invalid,
-            "not_fitting": plan.not_fitting,
-            "to_run": plan.to_run,
-        },
-    }
 
 
 @app.command()
@@ -320,8 +199,10 @@ def plan(
     budget = device_budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind), kind)
     budget = budget.with_measured_overhead([m.overhead_gb for m in measured])
     result = plan_space(shape, setup, enumeration, budget, calibrations)
+    from tuner.plan_view import plan_json, plan_table
+
     if as_json:
-        out.print(json.dumps(_plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
+        out.print(json.dumps(plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
         return
     s = result.shape
     out.print(
@@ -334,7 +215,7 @@ def plan(
     if budget.device_gb is None:
         out.print("no memory budget: set hardware.device_memory_gb to have points judged", markup=False)
     wide = Console(highlight=False, emoji=False, width=max(out.width, 150))  # a table too narrow to read helps no one
-    wide.print(_plan_table(result), soft_wrap=False)
+    wide.print(plan_table(result), soft_wrap=False)
     for row in result.rows:
         if row.reason:
             out.print(f"  {row.point.label()}: {row.reason}", markup=False)

@@ -45,9 +45,11 @@ def base_config_overrides(space: Space) -> list[str]:
     """One line per key of the base config that the tuned keys replace, naming what replaces it (pure)."""
     ranks = space.hardware.gpus_per_trial
     precision = f"training.precision ({space.training.precision})"
-    knobs = {path: _listed(space, k.name) for k in MAIN for path in k.paths}  # each main knob's (tuner.knobs)
-    batch = {path: what for path, what in knobs.items() if len(path) == 1}  # the batch keys first
-    replaced_by = {
+    knobs: dict[tuple[str, ...], str] = {path: _listed(space, k.name) for k in MAIN for path in k.paths}
+    batch: dict[tuple[str, ...], str] = {
+        path: what for path, what in knobs.items() if len(path) == 1
+    }  # the main knobs' (batch keys first)
+    replaced_by: dict[tuple[str, ...], str] = {
         ("train_batch_size",): f"training.global_batch_size ({space.training.global_batch_size})",
         **batch,
         ("gradient_accumulation_steps",): "the accumulation each point implies: training.global_batch_size / "
