@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +100,12 @@ def run(
         except subprocess.TimeoutExpired:
             code = 124
     return code, time.monotonic() - started
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def versions() -> dict[str, str]:
@@ -241,7 +248,8 @@ def main() -> int:
     )  # fmt: skip
     checks["llama: the best trial exported for the device"] = code == 0 and exported.is_file()
     if exported.is_file():
-        launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1"]
+        port = free_port()  # not the launcher's default 29500: another job on the node may hold it
+        launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(port)]
         train = [*launcher, str(REPO / "examples" / "train.py"), "--deepspeed_config", str(exported),
                  "--model-config", str(exported.with_name("ds_config.provenance.json")), "--sequence-length",
                  str(spaces(args.cpu)["llama"]["data"]["sequence_length"]), "--steps", "3"]  # fmt: skip

@@ -101,7 +101,7 @@ def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
     assert prov["model_config"] == TINY_GPT2
     train = subprocess.run(
         [
-            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
+            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
             str(REPO / "examples" / "train.py"), "--deepspeed_config", str(out),
             "--model-config", str(out.parent / "ds_config.provenance.json"), "--sequence-length", "64",
             "--steps", "2",

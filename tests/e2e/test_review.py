@@ -207,7 +207,8 @@ def test_dashboard_refuses_a_port_in_use(study_dir: Path, tmp_path: Path) -> Non
 
 def launch(script: str, *args: str, cwd: Path, ranks: int = 1) -> subprocess.CompletedProcess[str]:
     """Ranks through the `deepspeed` launcher on the CPU, as a production job would start."""
-    runner = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
+    runner = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
+              str(free_port())]  # fmt: skip
     return subprocess.run(
         [*runner, str(REPO / "examples" / script), *args],
         cwd=cwd, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True, timeout=600,
