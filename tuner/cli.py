@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line naming the key), 1 a run that produ
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -153,6 +154,31 @@ def search(
     out.print(best, markup=False)
 
 
+def _plan_without_model(space: Any, enumeration: Any, as_json: bool) -> None:
+    """A script space that describes no model (or no sequence length): nothing to predict, its points listed."""
+    import json
+
+    why = "no model: is described" if not space.has_model else "no data.sequence_length: is given"
+    message = (
+        f"{space.script}: the memory of a script workload is learned from its trials ({why.replace(':', '')}); "
+        "out-of-memory trials still rule out the points that need at least as much"
+    )
+    if as_json:
+        points = [{"point": p.params(), "label": p.label()} for p in enumeration.valid]
+        summary = {"points": len(enumeration.valid) + len(enumeration.dropped), "invalid": len(enumeration.dropped)}
+        out.print(json.dumps({"script": space.script, "note": message, "points": points, "summary": summary},
+                             indent=2), markup=False, soft_wrap=True)  # fmt: skip
+        return
+    out.print(message, markup=False)
+    for point in enumeration.valid:
+        out.print(f"  {point.label()}", markup=False)
+    out.print(
+        f"{len(enumeration.valid) + len(enumeration.dropped)} point(s) in the space: {len(enumeration.dropped)} "
+        f"invalid, {len(enumeration.valid)} to run",
+        markup=False,
+    )
+
+
 @app.command()
 def plan(
     space_file: Annotated[Path, typer.Argument(help="The search-space YAML file.", show_default=False)],
@@ -182,6 +208,9 @@ def plan(
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
         _preflight(space, enumeration, kind)
+        if not space.plans_memory:
+            _plan_without_model(space, enumeration, as_json)
+            return
         shape = model_shape(space.model_config_dict)
         setup = estimate_setup(space, kind)
         calibrations = None
@@ -260,6 +289,8 @@ def export(
     out.print(f"{wrote}{extra} and {done.provenance_path}", markup=False)
     for note in done.notes:
         out.print(f"note: {note}", markup=False)
+    if done.command is not None:
+        out.print("train your script with it: " + shlex.join(done.command), markup=False)
     if done.training_args is not None:
         code = training_args_code(done.training_args)
         out.print(f"Hugging Face Trainer arguments that match it:\n{code}", markup=False)

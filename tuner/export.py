@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tuner.points import Point
 from tuner.ranking import best, objective_names, rank_study
 from tuner.store import pareto_front, redact
 from tuner.trial.failures import one_line
+from tuner.workload.script import fill_args, trial_values
 
 FIGURE_KEYS = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps",
@@ -122,7 +124,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "accelerator": study.user_attrs.get("accelerator"),
             "sequence_length": space.get("data", {}).get("sequence_length"),
         },
-        "model_config": space.get("model", {}).get("config"),
+        "model_config": (space.get("model") or {}).get("config"),
         **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
@@ -145,6 +147,26 @@ class Exported:
     notes: list[str] = field(default_factory=list)
     training_args: dict[str, Any] | None = None  # --format hf
     training_args_path: Path | None = None
+    command: list[str] | None = None  # a script study: the user's script with the winner's arguments
+
+
+def script_command(
+    study: optuna.Study, trial: FrozenTrial, config: dict[str, Any], output: Path, world: int
+) -> tuple[dict[str, Any], list[str]] | None:
+    """For a study of the user's own script: its record (path, template, hash; whether the file changed since it
+    was measured) and the command that trains it with the exported config, or None for the built-in workload."""
+    record = study.user_attrs.get("script")
+    if not isinstance(record, dict):
+        return None
+    space = study.user_attrs.get("space", {})
+    values = trial_values(
+        trial.params, ds_config=output, output_dir="output", grad_accum=int(config["gradient_accumulation_steps"]),
+        world_size=world, seed=int(space.get("search", {}).get("seed", 0)),
+    )  # fmt: skip
+    command = ["deepspeed", "--num_gpus", str(world), record["path"], *fill_args(record["args"], values)]
+    path = Path(record["path"])
+    current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {**record, "changed_since_measured": current != record.get("sha256"), "command": command}, command
 
 
 def _sibling(output: Path, suffix: str) -> Path:
@@ -195,8 +217,13 @@ def export(
     prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "accelerator": target, "notes": notes})
     if args is not None:
         prov["training_args"] = args
+    script = script_command(study, trial, config, output, world)
+    if script is not None:
+        prov["script"] = script[0]
+        if script[0]["changed_since_measured"]:
+            notes.append(f"{script[0]['path']} changed (or is gone) since it was measured: measure it again")
     output.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if args is not None and args_path is not None:
         args_path.write_text(json.dumps(args, indent=2) + "\n")
     prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    return Exported(trial, output, prov_path, world, notes, args, args_path)
+    return Exported(trial, output, prov_path, world, notes, args, args_path, script[1] if script else None)

@@ -20,6 +20,7 @@ from tuner.space import Space
 
 def estimate_setup(space: Space, accelerator: str) -> Setup:
     """The memory model's inputs that come from the space (not the point)."""
+    assert space.data.sequence_length is not None, "the memory model needs the sequence length"
     return Setup(
         ranks=space.hardware.gpus_per_trial,
         ranks_per_node=space.hardware.ranks_per_node,  # host memory is per node: a trial over 4 nodes has 1/4 each
@@ -45,14 +46,16 @@ class Planned:
     """One point with its prediction and the decision."""
 
     point: Point
-    estimate: Estimate
-    predicted_gb: float  # calibrated device peak
+    estimate: Estimate | None  # None: no model to predict with (a script's memory is learned from trials)
+    predicted_gb: float  # calibrated device peak (nan without a model)
     fits: bool | None  # None: no budget to judge against
     reason: str | None  # why it does not fit, or why it is kept despite the model
     calibration: Calibration = field(default_factory=Calibration)
 
     def attrs(self) -> dict[str, object]:
         """The prediction as the store's user attributes."""
+        if self.estimate is None:
+            return {"memory_calibration": "no model described: memory learned from the trials"}
         return {
             "predicted_mem_gb": round(self.predicted_gb, 4),
             "predicted_raw_mem_gb": round(self.estimate.device_gb, 4),
@@ -212,3 +215,23 @@ class MemoryPlanner:
             offload_counts=self.setup.accelerator == "cuda",
         )
         return decide(self.shape, self.setup, point, budget, calibrations, evidence)
+
+
+@dataclass(frozen=True)
+class EvidenceJudge:
+    """The memory judge of a script whose space describes no model: what its trials showed, nothing predicted.
+
+    A point that needs at least as much as one that ran out of memory (tuner.evidence's ordered rule) is
+    ruled out; everything else runs, and the trials' peaks are the memory figures.
+    """
+
+    budget: Budget
+    accelerator: str
+    prune: bool = True
+
+    def judge(self, point: Point, measured: Sequence[Measured], ran_out: Sequence[Point] = ()) -> Planned:
+        evidence = Evidence(ran_out=tuple((p, 0.0) for p in ran_out), offload_counts=self.accelerator == "cuda")
+        witness = evidence.ran_out_witness(point, predicted_gb=-1.0)
+        if witness is None:
+            return Planned(point, None, float("nan"), None, None)
+        return Planned(point, None, float("nan"), False, witness[1])

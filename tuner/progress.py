@@ -65,8 +65,12 @@ class Progress:
         mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
         noisy = " NOISY" if f.get("noisy") else ""
         noisy += ", STOPPED EARLY: clearly slower than the best" if f.get("stopped_early") else ""
+        if "tokens_per_s" in f:
+            speed = f"{f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu}"
+        else:  # a script's samples without a stated length
+            speed = f"{f['samples_per_s']:,.1f} samples/s,"
         self.out.print(
-            f"{head} {f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu} "
+            f"{head} {speed} "
             f"step {f['step_time_s']:.3f} s (cv {f['step_time_cv']:.1%} over {f['measured_steps']:.0f}{noisy}), "
             f"peak {f['peak_mem_gb']:.2f} GB, trial {result.duration_s:.0f} s of which fixed "
             f"{f['fixed_overhead_s']:.0f} s" + (f"  (best: {best.describe(self.objective)})" if best else ""),

@@ -101,15 +101,9 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
     step = statistics.median(times)
     cv = spread(times)
     global_batch, seq = spec.global_batch_size, spec.sequence_length
-    tokens_per_s = global_batch * seq / step
-    per_token = flops_per_token(
-        raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec.activation_checkpointing
-    )
-    peak = spec.peak_tflops or (peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None)
     clock = raw["clock"]
     measure_s = clock["measured"] - clock["warmed_up"]
     figures = {
-        "tokens_per_s": tokens_per_s,
         "samples_per_s": global_batch / step,
         "step_time_s": step,
         "step_time_cv": cv,
@@ -137,5 +131,13 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
     if raw["device"] == "cuda":  # what lives on the card outside PyTorch's allocator (context, NCCL), and its size
         figures["device_overhead_gb"] = float(raw.get("device_overhead_bytes", 0.0)) / GB
         figures["device_total_gb"] = float(raw.get("device_total_bytes", 0.0)) / GB
-    figures.update(work_figures(tokens_per_s, int(raw["world_size"]), per_token, peak))
+    if seq is not None:  # a script's samples have no length unless the space states it: then samples/s only
+        figures["tokens_per_s"] = global_batch * seq / step
+        per_token = flops_per_token(
+            raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec.activation_checkpointing
+        )
+        peak = spec.peak_tflops or (
+            peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None
+        )
+        figures.update(work_figures(figures["tokens_per_s"], int(raw["world_size"]), per_token, peak))
     return figures

@@ -6,6 +6,7 @@ launches the trial's ranks with torchrun; Ray runs as many at once as the resour
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from tuner.placement import (
     strategy,
     trial_bundles,
 )
-from tuner.plan import MemoryPlanner, device_budget, estimate_setup, prune_margin
+from tuner.plan import EvidenceJudge, MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points
 from tuner.ranking import record_ranking, recording
 from tuner.searcher import RESULT_KEY, StudySearcher
@@ -79,6 +80,12 @@ def memory_budget(space: Space, accelerator: str) -> float | None:
     none on CPU by default."""
     card = visible_gpu_memory_gb() if accelerator == "cuda" else None
     return device_budget_gb(space.hardware.device_memory_gb, card)[0]
+
+
+def script_record(script: str, args: list[str]) -> dict[str, Any]:
+    """The user's script as the study keeps it: path, argument template and the hash of the file measured."""
+    digest = hashlib.sha256(Path(script).read_bytes()).hexdigest()
+    return {"path": script, "args": list(args), "sha256": digest}
 
 
 def trial_spec(
@@ -139,13 +146,16 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
     }
 
 
-def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner:
-    """The memory model for this space's architecture, budget and margin."""
+def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner | EvidenceJudge:
+    """The memory model for this space's architecture, budget and margin; a script that describes no model
+    is judged by what its trials showed alone."""
     from tuner.workload.hf_causal_lm import model_shape
 
     budget = device_budget(
         memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator), accelerator
     )
+    if not space.plans_memory:
+        return EvidenceJudge(budget, accelerator, space.search.prune if prune is None else prune)
     return MemoryPlanner(
         shape=model_shape(space.model_config_dict),
         setup=estimate_setup(space, accelerator),
@@ -277,6 +287,8 @@ def run_search(
     study = create_study(space, storage)
     study.set_user_attr("space_file", str(space_path.resolve()))
     study.set_user_attr("space_yaml", redact_text(space_path.read_text()))
+    if space.workload is not None:  # what export's provenance names: the script, its template, its hash
+        study.set_user_attr("script", script_record(space.workload.script, space.workload.args))
     study.set_user_attr("accelerator", accelerator)
     run_dir.mkdir(parents=True, exist_ok=True)
     study.set_user_attr("run_dir", f"{socket.gethostname()}:{run_dir.resolve()}")

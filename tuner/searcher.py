@@ -18,7 +18,7 @@ from optuna.trial import Trial
 from ray.tune.search import Searcher
 
 from tuner.dsconfig import apply_knobs
-from tuner.plan import MemoryPlanner, Planned
+from tuner.plan import EvidenceJudge, MemoryPlanner, Planned
 from tuner.points import Point
 from tuner.recorder import StudyRecorder
 from tuner.result import TrialResult
@@ -41,7 +41,7 @@ class StudySearcher(Searcher):
         valid: tuple[Point, ...],
         ds_configs: dict[Point, dict[str, Any]],
         on_event: Callable[[str, dict[str, Any]], None],
-        memory: MemoryPlanner | None = None,
+        memory: MemoryPlanner | EvidenceJudge | None = None,
         sampler: Sampler | None = None,
         accelerator: str | None = None,
     ) -> None:
@@ -49,7 +49,7 @@ class StudySearcher(Searcher):
         self.study, self.space, self.ds_configs, self.on_event = study, space, ds_configs, on_event
         self.memory = memory
         # the device kind: the search's, else the memory model's; without either, rules as on a GPU
-        self.accelerator = accelerator or (memory.setup.accelerator if memory is not None else "cuda")
+        self.accelerator = accelerator or (memory.setup.accelerator if isinstance(memory, MemoryPlanner) else "cuda")
         self.state = SearchState.of(study, valid)
         self.recorder = StudyRecorder(study, space, valid)
         self.sampler = sampler or make_sampler(space)

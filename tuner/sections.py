@@ -52,8 +52,38 @@ class ModelSection(_Section):
     _config = field_validator("config", mode="before")(_path_or_mapping)
 
 
+class WorkloadSection(_Section):
+    """The user's own training script, run unchanged under the trial's ranks (tuner.workload.script)."""
+
+    script: str = Field(description="The training script, relative to the space file; run under torchrun.")
+    args: list[str] = Field(
+        default_factory=list,
+        description="Its arguments; {placeholders} are filled in per trial, each as one argument (no shell).",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for its ranks.")
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args_are_text(cls, value: Any) -> Any:
+        if isinstance(value, list):  # YAML reads 8 and true as numbers and booleans: they are arguments
+            return [str(v).lower() if isinstance(v, bool) else str(v) for v in value]
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _placeholders(cls, value: list[str]) -> list[str]:
+        from tuner.workload.script import args_problem
+
+        problem = args_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class DataSection(_Section):
-    sequence_length: PositiveInt = Field(description="Tokens per sample.")
+    sequence_length: PositiveInt | None = Field(
+        None, description="Tokens per sample (required for the built-in workload; for a script, tokens/s needs it)."
+    )
     source: Literal["synthetic"] = Field("synthetic", description="Random token ids; nothing is downloaded.")
 
 

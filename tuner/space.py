@@ -28,6 +28,7 @@ from tuner.sections import (  # re-exported: the whole schema is one import away
     SpaceSection,
     TrainingSection,
     TrialSection,
+    WorkloadSection,
     _Section,
 )
 
@@ -57,8 +58,9 @@ class Space(_Section):
 
     study: str | None = None
     storage: str | None = None
-    model: ModelSection
-    data: DataSection
+    workload: WorkloadSection | None = None  # the user's own script; absent: the built-in causal LM
+    model: ModelSection | None = None  # required for the built-in workload; for a script, it feeds the plan
+    data: DataSection = DataSection()
     training: TrainingSection
     hardware: HardwareSection = HardwareSection()
     space: SpaceSection
@@ -74,7 +76,25 @@ class Space(_Section):
         return value
 
     @property
+    def script(self) -> str | None:
+        """The user's training script (resolved to an absolute path by load_space), or None: built-in."""
+        return self.workload.script if self.workload is not None else None
+
+    @property
+    def has_model(self) -> bool:
+        """Whether the space describes its model's architecture (the memory model and FLOPs need it)."""
+        return self.model is not None
+
+    @property
+    def plans_memory(self) -> bool:
+        """Whether the memory model can predict this space: a described model and its sequence length."""
+        return self.model is not None and self.data.sequence_length is not None
+
+    @property
     def model_config_dict(self) -> dict[str, Any]:
+        """The model's architecture as a mapping; empty for a script without `model:`."""
+        if self.model is None:
+            return {}
         assert isinstance(self.model.config, dict), "load_space resolves model.config to a mapping"
         return self.model.config
 
@@ -126,7 +146,7 @@ def _check_storage(url: str, key: str) -> None:
         raise SpaceError(key, f"an in-memory SQLite store ({url}) is gone when tuner exits: name a file instead")
 
 
-def _check_model_config(config: dict[str, Any], sequence_length: int) -> None:
+def _check_model_config(config: dict[str, Any], sequence_length: int | None) -> None:
     """The architecture must be one transformers can build offline, and accepts, for this sequence length."""
     from transformers import CONFIG_MAPPING
 
@@ -152,8 +172,25 @@ def parse_space(raw: Any, default_study: str) -> Space:
         space = space.model_copy(update={"study": default_study})
     if space.storage is not None:
         _check_storage(space.storage, "storage")
-    _check_model_config(space.model_config_dict, space.data.sequence_length)
+    _check_workload(space)
+    if space.model is not None:
+        _check_model_config(space.model_config_dict, space.data.sequence_length)
     return space
+
+
+def _check_workload(space: Space) -> None:
+    """The built-in workload needs the model and the sequence length; a script's tokens/s needs the latter."""
+    if space.workload is None:
+        if space.model is None:
+            raise SpaceError("model", "required key is missing (or run your own script: workload.script)")
+        if space.data.sequence_length is None:
+            raise SpaceError("data.sequence_length", "required key is missing")
+    elif space.data.sequence_length is None and "tokens_per_s" in space.objectives:
+        raise SpaceError(
+            "search.objective",
+            "tokens_per_s needs data.sequence_length (the tokens in one of the script's samples); "
+            "give it, or use samples_per_s",
+        )
 
 
 def _read_text(path: Path, key: str) -> str:
@@ -199,6 +236,16 @@ def read_yaml(path: Path) -> Any:
         raise SpaceError(str(path), f"YAML syntax error{where}: {problem}") from None
 
 
+def _script_path(value: str, base_dir: Path) -> Path:
+    """The training script, relative to the space file; it must be a readable Python file."""
+    script = Path(value).expanduser()
+    script = (script if script.is_absolute() else base_dir / script).resolve()
+    if not script.is_file():
+        raise SpaceError("workload.script", f"no such file: {script}")
+    _read_text(script, "workload.script")  # readable, UTF-8
+    return script
+
+
 def load_space(path: Path, study: str | None = None, storage: str | None = None) -> Space:
     """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file."""
     raw = read_yaml(path)
@@ -214,6 +261,9 @@ def load_space(path: Path, study: str | None = None, storage: str | None = None)
         if isinstance(training, dict) and isinstance(training.get("base_config"), str):
             base = _read_mapping(training["base_config"], path.parent, "training.base_config", "ds_config.json")
             raw["training"] = {**training, "base_config": base}
+        workload = raw.get("workload")
+        if isinstance(workload, dict) and isinstance(workload.get("script"), str):
+            raw["workload"] = {**workload, "script": str(_script_path(workload["script"], path.parent))}
     space = parse_space(raw, default_study=path.stem)
     updates: dict[str, Any] = {}
     if study is not None:

@@ -77,6 +77,29 @@ def both(path: str, value: Any, key: str, says: str, **kwargs: Any) -> list[Case
     return [Case((cmd, "space.yaml"), key, says, edit(path, value), name=name, **kwargs) for cmd in ("plan", "search")]
 
 
+SCRIPT: dict[str, Any] = {  # a space of the user's own script (train.py beside it), no model described
+    **{k: v for k, v in GOOD.items() if k not in ("model", "data")},
+    "workload": {"script": "train.py", "args": ["--config", "{ds_config}", "--micro", "{micro_batch_size}"]},
+    "search": {"sampler": "grid", "objective": "samples_per_s"},
+}
+
+
+def script(path: str, value: Any, key: str, says: str) -> list[Case]:
+    """A script space with one change, through `tuner plan` and `tuner search`."""
+    raw = copy.deepcopy(SCRIPT)
+    *parents, last = path.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DROP:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    files = {"train.py": b"import deepspeed\n"} if raw["workload"].get("script") == "train.py" else {}
+    name = f"script:{path}={'(none)' if value is DROP else repr(value)}"[:60]
+    return [Case((cmd, "space.yaml"), key, says, raw, files=files, name=name) for cmd in ("plan", "search")]
+
+
 def text(content: bytes, key: str, says: str, name: str) -> list[Case]:
     """A space file with these bytes, through `tuner plan` and `tuner search`."""
     return [Case((cmd, "space.yaml"), key, says, content, name=name) for cmd in ("plan", "search")]
@@ -110,13 +133,20 @@ CASES: list[Case] = [
     *text(
         b"study: caf\xe9\n", "space.yaml", "not UTF-8 text (byte 0xe9 at offset 10); save the file as UTF-8", "latin-1"
     ),
+    # the user's own script (workload:)
+    *script("workload.script", "missing.py", "workload.script", "no such file"),
+    *script("workload.script", DROP, "workload.script", "required key is missing"),
+    *script("workload.args", ["--micro", "{micro}"], "workload.args", "unknown placeholder {micro}"),
+    *script("workload.args", ["--x", "{"], "workload.args", "write {{ and }} for literal braces"),
+    *script("search.objective", "tokens_per_s", "search.objective", "tokens_per_s needs data.sequence_length"),
+    *script("workload.env", {"A": [1]}, "workload.env.A", "valid string"),
     # unknown and missing keys
-    *both("colour", "blue", "colour", "unknown key; allowed here: study, storage, model, data, training, hardware"),
+    *both("colour", "blue", "colour", "unknown key; allowed here: study, storage, workload, model, data, training"),
     *both("a:x:b", 1, "a:x:b", "unknown key"),  # printed as written: no emoji for `:x:`
     *both("space.foo", [1], "space.foo", "unknown key; allowed here: micro_batch_size, zero_stage, offload_optimizer"),
     *both("training.learning_rate", 0.1, "training.learning_rate", "unknown key; allowed here: global_batch_size"),
-    *both("model", DROP, "model", "required key is missing"),
-    *both("data", DROP, "data", "required key is missing"),
+    *both("model", DROP, "model", "required key is missing (or run your own script: workload.script)"),
+    *both("data", DROP, "data.sequence_length", "required key is missing"),
     *both("space", DROP, "space", "required key is missing"),
     *both("space.micro_batch_size", DROP, "space.micro_batch_size", "required key is missing"),
     *both("data", 5, "data", "Input should be a valid dictionary"),

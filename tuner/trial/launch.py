@@ -52,8 +52,13 @@ class NodeRun:
     launch_error: str | None = None
 
 
-def worker_command(spec_path: Path, ranks: int, rendezvous: Rendezvous | None = None) -> list[str]:
-    """torchrun as an argument list, dying with this process; a free local port (--standalone) on one node."""
+def worker_command(
+    spec_path: Path, ranks: int, rendezvous: Rendezvous | None = None, module: str = "tuner.trial.worker"
+) -> list[str]:
+    """torchrun as an argument list, dying with this process; a free local port (--standalone) on one node.
+
+    Each rank runs `module` on the spec: the built-in workload's worker, or the shim that runs a user's script.
+    """
     if rendezvous is None:
         where = ["--standalone", "--nnodes", "1"]
     else:
@@ -64,7 +69,7 @@ def worker_command(spec_path: Path, ranks: int, rendezvous: Rendezvous | None = 
     return [
         sys.executable, "-m", "tuner.trial.guard", str(os.getpid()),
         sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(ranks),
-        "-m", "tuner.trial.worker", str(spec_path),
+        "-m", module, str(spec_path),
     ]  # fmt: skip
 
 
@@ -174,15 +179,21 @@ def run_node(
     start = time.monotonic()
     env = worker_env(accelerator, ranks, cpus)
     env["TUNER_LAUNCH_EPOCH"] = repr(time.time())
+    module, cwd = "tuner.trial.worker", work_dir
+    if spec.script is not None:  # the user's script: its config as a file ({ds_config}), run from its folder
+        (work_dir / "ds_config.json").write_text(json.dumps(spec.ds_config, indent=2, sort_keys=True))
+        (work_dir / "output").mkdir(exist_ok=True)
+        env.update(spec.script_env)
+        module, cwd = "tuner.trial.script_shim", Path(spec.script).parent
     with (work_dir / log_name).open("wb") as log:
         try:
             proc = subprocess.Popen(
-                worker_command(spec_path, ranks, rendezvous),
+                worker_command(spec_path, ranks, rendezvous, module),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=work_dir,
+                cwd=cwd,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 class TrialSpec:
     """Everything a trial's ranks need: the workload, the batch layout, the measurement rules, the config."""
 
-    model_config: dict[str, Any]
-    sequence_length: int
+    model_config: dict[str, Any]  # empty for a script without `model:`
+    sequence_length: int | None  # None: a script's samples have no stated length (samples/s only)
     micro_batch_size: int
     grad_accum: int
     activation_checkpointing: bool
@@ -38,6 +38,10 @@ class TrialSpec:
     device_memory_gb: float | None = None
     peak_tflops: float | None = None
     stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step
+    script: str | None = None  # the user's training script (absolute path); None: the built-in workload
+    script_args: list[str] = field(default_factory=list)  # its argument template ({placeholders})
+    script_env: dict[str, str] = field(default_factory=dict)
+    world_size: int = 1
 
     @classmethod
     def build(
@@ -67,6 +71,10 @@ class TrialSpec:
             device_memory_gb=space.hardware.device_memory_gb,
             peak_tflops=space.hardware.peak_tflops,
             stop_over_step_s=stop_over_step_s,
+            script=space.script,
+            script_args=list(space.workload.args) if space.workload else [],
+            script_env=dict(space.workload.env) if space.workload else {},
+            world_size=ranks,
         )
 
     def replace(self, **changes: Any) -> TrialSpec:

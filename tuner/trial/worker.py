@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     accel = get_accelerator()
     phase[0] = "distributed"
     deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = accel.device_name() == "cuda"
     if on_gpu:
@@ -148,6 +149,7 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     clock["initialized"] = time.time()
 
     phase[0] = "train"
+    assert spec.sequence_length is not None, "the built-in workload has a sequence length (tuner.space)"
     generator = torch.Generator().manual_seed(spec.seed + rank)
     # One optimizer step's micro-batches, made on the device before any timing and reused by every step: the
     # values do not change a step's time, and no host copy falls inside the clock.
@@ -169,24 +171,51 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
         if clearly_slower(times, spec.stop_over_step_s):
             stopped_early = True
             break
-    clock["measured"] = time.time()
     loss_value = float(loss) if loss is not None else float("nan")
 
+    end_trial(Ending(out_dir, device, on_gpu, local_rank, card, marks, clock, facts), times, stopped_early, loss_value)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a rank needs to end a trial: where to write, its device, and what it measured on the way."""
+
+    out_dir: Path
+    device: Any
+    on_gpu: bool
+    local_rank: int
+    card: dict[str, float]
+    marks: dict[str, float]
+    clock: dict[str, float]
+    facts: dict[str, int]
+
+
+def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: float) -> None:
+    """Reduce the memory figures and the loss over the ranks, write rank 0's result.json, leave the group.
+
+    The built-in worker and a user's script (tuner.trial.script_meter) end a trial alike: every collective on
+    the rank's device, the slowest rank's figures.
+    """
+    import torch
+    import torch.distributed as dist
+
+    end.clock["measured"] = time.time()
+    device, on_gpu, marks = end.device, end.on_gpu, end.marks
     rss = float(_peak_rss_bytes())
     if on_gpu:
         free, total = torch.cuda.mem_get_info(device)
-        outside = max(card["outside"], float(total - free - torch.cuda.memory_reserved(device)))
+        outside = max(end.card["outside"], float(total - free - torch.cuda.memory_reserved(device)))
         mem = [float(torch.cuda.max_memory_allocated(device)), float(torch.cuda.max_memory_reserved(device)), rss]
     else:
         outside, mem = 0.0, [rss, rss, rss]
     (peak, reserved, host, runtime, build, initialize, overhead, card_total) = reduce_on_device(
-        [*mem, marks["runtime"], marks["build"], marks["initialize"], outside, card["total"]], "max", device
+        [*mem, marks["runtime"], marks["build"], marks["initialize"], outside, end.card["total"]], "max", device
     )
+    world = dist.get_world_size()
     final_loss = reduce_on_device([loss_value], "sum", device)[0] / world
-
-    if rank == 0:
+    if dist.get_rank() == 0:
         _write_json(
-            out_dir / "result.json",
+            end.out_dir / "result.json",
             {
                 "world_size": world,
                 "device": "cuda" if on_gpu else "cpu",
@@ -203,12 +232,12 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
                 "device_total_bytes": card_total,
                 "threads_per_rank": torch.get_num_threads(),
                 "final_loss": final_loss,
-                **facts,
-                "clock": clock,
+                **end.facts,
+                "clock": end.clock,
             },
         )
     if on_gpu:
-        dist.barrier(device_ids=[local_rank])  # NCCL's barrier on this rank's own card
+        dist.barrier(device_ids=[end.local_rank])  # NCCL's barrier on this rank's own card
     else:
         dist.barrier()
     dist.destroy_process_group()

@@ -83,7 +83,7 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def validate_model_config(model_config: dict[str, Any], sequence_length: int) -> None:
+def validate_model_config(model_config: dict[str, Any], sequence_length: int | None) -> None:
     """Raise SpaceError (naming model.config, or its field) for a config transformers would reject.
 
     transformers 5 checks a config's fields and architecture (`validate_architecture`) in its constructor,
@@ -123,7 +123,7 @@ def validate_model_config(model_config: dict[str, Any], sequence_length: int) ->
         why = "each key/value head serves the same number of query heads"
         raise SpaceError(f"model.config.{key}", f"must divide num_attention_heads ({heads}), got {kv_heads}: {why}")
     positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or sequence_length <= positions:
+    if not isinstance(positions, int) or sequence_length is None or sequence_length <= positions:
         return
     inputs = model.get_input_embeddings()
     if any(
