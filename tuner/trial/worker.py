@@ -101,7 +101,7 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
-    from tuner.workload import hf_causal_lm
+    from tuner.workload import data, hf_causal_lm
 
     clock["imported"] = time.time()
     accel = get_accelerator()
@@ -147,13 +147,11 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     marks["initialize"] = peak_now()
     clock["initialized"] = time.time()
 
+    phase[0] = "data"
+    # One optimizer step's micro-batches (random ids, or this rank's part of the dataset's global batch), made on
+    # the device before any timing and reused by every step: no host copy falls inside the clock.
+    batches = data.step_batches(spec, rank, world, vocab, device)
     phase[0] = "train"
-    generator = torch.Generator().manual_seed(spec.seed + rank)
-    # One optimizer step's micro-batches, made on the device before any timing and reused by every step: the
-    # values do not change a step's time, and no host copy falls inside the clock.
-    batches = hf_causal_lm.synthetic_batches(
-        generator, vocab, spec.micro_batch_size, spec.sequence_length, device, count=spec.grad_accum
-    )
     for _ in range(spec.warmup_steps):
         timed_step(engine, batches, accel.synchronize)
     clock["warmed_up"] = time.time()
