@@ -224,11 +224,10 @@ class ParquetDocuments(_TableDocuments):
                 for batch in self.file.iter_batches(batch_size=CHUNK, row_groups=[group], columns=[self.field]):
                     if first >= end:
                         return
-                    values = batch.column(0).to_pylist()
-                    low, high = max(begin - first, 0), min(end - first, len(values))
-                    if low < high:
-                        yield values[low:high]
-                    first += len(values)
+                    low, high = max(begin - first, 0), min(end - first, batch.num_rows)
+                    if low < high:  # rows before `begin` are skipped without turning them into Python objects
+                        yield batch.column(0).slice(low, high - low).to_pylist()
+                    first += batch.num_rows
             else:
                 first += rows
 
