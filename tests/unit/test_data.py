@@ -8,6 +8,7 @@ ran=8, on=9, under=10, mat=11.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,16 @@ def test_a_datasets_folder_is_read_like_a_table(tmp_path: Path, tokenizer: Path)
     datasets.DatasetDict({"test": train}).save_to_disk(str(tmp_path / "test_only"))
     with pytest.raises(SpaceError, match="holds the splits test, no train: point to one split's folder"):
         open_data(section(tmp_path / "test_only", 4, tokenizer=str(tokenizer)), model())
+
+
+def test_a_datasets_folder_without_the_datasets_package_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "state.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: the import raises ImportError
+    with pytest.raises(SpaceError, match=r"^data.source: a datasets folder needs the datasets package: pip install "):
+        open_data(section(tmp_path / "ds", 4), model())
 
 
 def spec(data: dict[str, Any], *, micro: int = 2, accum: int = 3, global_batch: int = 12, seq: int = 4) -> TrialSpec:
