@@ -18,6 +18,33 @@ TINY_GPT2: dict[str, Any] = {
     "vocab_size": 512,
 }
 
+WORDS = [
+    "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log", "red", "blue", "big", "small", "and", "then",
+]  # fmt: skip
+
+
+def tokenizer_json(words: list[str] = WORDS, first_id: int = 3) -> str:
+    """A word-level tokenizer (the `tokenizers` library's JSON): <unk> 0, <eos> 1, <pad> 2, `words` from `first_id`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<eos>": 1, "<pad>": 2, **{word: first_id + i for i, word in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return str(tokenizer.to_str())
+
+
+def write_tokenizer(folder: Path) -> Path:
+    """The word-level tokenizer saved as transformers saves one (EOS <eos>, padding <pad>): built here, not fetched."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer.from_str(tokenizer_json())
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    wrapped.save_pretrained(str(folder))
+    return folder
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Folders mark their tests, so `-m "not integration and not e2e"` selects the fast suite."""

@@ -49,6 +49,8 @@ class TrialResult:
             attrs["log_host"] = self.log_host
         if self.nodes:
             attrs["nodes"] = list(self.nodes)
+        if self.spec is not None:
+            attrs["data_source"] = self.spec.data.get("source", "synthetic")
         if not self.ok:
             attrs["failure_category"] = self.failure_category
             attrs["failure_reason"] = self.failure_reason

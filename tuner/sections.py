@@ -80,11 +80,69 @@ class WorkloadSection(_Section):
         return value
 
 
+TOKEN_FILES = (".bin", ".npy")  # one stream of token ids; the other sources hold documents
+
+
+def _source_kind(info: ValidationInfo) -> str:
+    """synthetic, tokens (a .bin/.npy stream) or documents (JSONL, Parquet, a datasets folder), by its name."""
+    source = str(info.data.get("source", "synthetic"))
+    return "synthetic" if source == "synthetic" else "tokens" if source.lower().endswith(TOKEN_FILES) else "documents"
+
+
 class DataSection(_Section):
+    """Where a trial's tokens come from. Every source gives the same shapes, so the plan does not change."""
+
     sequence_length: PositiveInt | None = Field(
         None, description="Tokens per sample (required for the built-in workload; for a script, tokens/s needs it)."
     )
-    source: Literal["synthetic"] = Field("synthetic", description="Random token ids; nothing is downloaded.")
+    source: str = Field(
+        "synthetic",
+        min_length=1,
+        description="synthetic (random token ids), or a local dataset, relative to the space file: a token file "
+        "(.bin, .npy), a JSONL or Parquet file of token ids or text, or a folder datasets' save_to_disk wrote. "
+        "Nothing is downloaded.",
+    )
+    tokenizer: str | None = Field(
+        None, description="A local tokenizer folder or tokenizer.json, for text (transformers' AutoTokenizer, offline)."
+    )
+    packing: bool = Field(
+        True,
+        description="true: documents joined with an EOS between them and cut into sequence_length windows; false: "
+        "one sample per document, truncated and padded to sequence_length (labels -100 on padding). Same shapes.",
+    )
+    field: str | None = Field(None, description="The column to read: default input_ids when present, else text.")
+    dtype: Literal["uint16", "uint32"] | None = Field(
+        None, description=".bin token files: uint16 (GPT-2, nanoGPT; the default) or uint32; .npy carries its own."
+    )
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+    @field_validator("tokenizer", "field")
+    @classmethod
+    def _documents_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = _source_kind(info)
+        if value is not None and kind != "documents":
+            held = "random token ids" if kind == "synthetic" else "token ids already"
+            raise ValueError(f"applies to JSONL, Parquet or datasets sources only: data.source holds {held}")
+        return value
+
+    @field_validator("packing")
+    @classmethod
+    def _padding_needs_documents(cls, value: bool, info: ValidationInfo) -> bool:
+        kind = _source_kind(info)
+        if not value and kind != "documents":
+            held = "random token ids" if kind == "synthetic" else "one stream of token ids, always packed"
+            raise ValueError(f"false (one sample per document) needs documents: data.source holds {held}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _bin_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not str(info.data.get("source", "")).lower().endswith(".bin"):
+            raise ValueError("applies to .bin token files only (.npy files carry their dtype)")
+        return value
 
 
 class TrainingSection(_Section):

@@ -247,7 +247,14 @@ def _script_path(value: str, base_dir: Path) -> Path:
 
 
 def load_space(path: Path, study: str | None = None, storage: str | None = None) -> Space:
-    """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file."""
+    """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file.
+
+    data.source and data.tokenizer become absolute paths, and the global batch the trials will train on is
+    read once (tuner.workload.data.check), so bad data is bad input here.
+    """
+    from tuner.workload.data import check as check_data
+    from tuner.workload.data import resolve_paths as data_paths
+
     raw = read_yaml(path)
     if isinstance(raw, dict):
         raw = dict(raw)
@@ -264,7 +271,12 @@ def load_space(path: Path, study: str | None = None, storage: str | None = None)
         workload = raw.get("workload")
         if isinstance(workload, dict) and isinstance(workload.get("script"), str):
             raw["workload"] = {**workload, "script": str(_script_path(workload["script"], path.parent))}
+        if isinstance(raw.get("data"), dict):
+            raw["data"] = data_paths(raw["data"], path.parent)
     space = parse_space(raw, default_study=path.stem)
+    if space.workload is not None and not space.data.synthetic:
+        raise SpaceError("data.source", "applies to the built-in workload; a script reads its own data")
+    data = check_data(space.data, space.model_config_dict, space.training.global_batch_size, space.search.seed)
     updates: dict[str, Any] = {}
     if study is not None:
         problem = study_name_problem(study)
@@ -274,7 +286,8 @@ def load_space(path: Path, study: str | None = None, storage: str | None = None)
     if storage is not None:
         _check_storage(storage, "--storage")
         updates["storage"] = storage
-    return space.model_copy(update=updates) if updates else space
+    updates["data"] = data
+    return space.model_copy(update=updates)
 
 
 def space_document(space: Space) -> str:

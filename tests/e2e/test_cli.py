@@ -194,6 +194,7 @@ def test_a_two_objective_search_keeps_a_pareto_front_in_the_store(tmp_path: Path
 BAD_INPUTS = [
     pytest.param({"space": {"micro_batch_size": [2], "foo": 1}}, "space.foo: unknown key; allowed here:", id="key"),
     pytest.param({"model": {"config": "no/such/folder"}}, "model.config: no such file", id="model-file"),
+    pytest.param({"data": {"source": "no/such.bin"}}, "data.source: no such file or folder", id="data-file"),
     pytest.param(b"model:\n  config: [unclosed\n", "space.yaml: YAML syntax error at line 3", id="yaml"),
     pytest.param(b"study: caf\xe9\n", "space.yaml: not UTF-8 text (byte 0xe9", id="latin-1"),
     pytest.param({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage: cannot open storage", id="store"),

@@ -11,17 +11,21 @@ installed console script, one of them on a real Ray.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import TINY_GPT2
+from tests.conftest import TINY_GPT2, tokenizer_json
 from tuner.cli import app
 
 GOOD: dict[str, Any] = {
@@ -121,6 +125,27 @@ def llama(**changes: Any) -> dict[str, Any]:
     return {**base, "intermediate_size": 128, "vocab_size": 128, **changes}
 
 
+def data(**fields: Any) -> dict[str, Any]:
+    """The data section with `fields` (the base space's sequence_length: 64, so a global batch is 512 tokens)."""
+    return {"sequence_length": 64, **fields}
+
+
+def npy(array: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def parquet(table: Any) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+TOKENS = (np.arange(600) % 512).astype(np.uint16).tobytes()  # 1200 bytes: more than one global batch
+TEXT = b'{"text": "the cat sat on the mat"}\n' * 100  # 700 tokens with an EOS after each document
+TOKENIZER = tokenizer_json().encode()
+NO_ROWS = parquet(pa.table({"input_ids": pa.array([], pa.list_(pa.int64()))}))
 INT = "Input should be a valid integer"
 POSITIVE = "Input should be greater than 0"
 CASES: list[Case] = [
@@ -157,7 +182,159 @@ CASES: list[Case] = [
     *both("data.sequence_length", 0, "data.sequence_length", f"{POSITIVE} (got 0)"),
     *both("data.sequence_length", "long", "data.sequence_length", f"{INT}, unable to parse string"),
     *both("data.sequence_length", 1.5, "data.sequence_length", f"{INT}, got a number with a fractional part"),
-    *both("data.source", "hf", "data.source", "Input should be 'synthetic' (got 'hf')"),
+    # the data (each file is written beside the space; paths are relative to it)
+    *both("data.source", "hf", "data.source", "no such file or folder: "),
+    *both("data.source", "", "data.source", "String should have at least 1 character"),
+    *both(
+        "data.source",
+        "d.csv",
+        "data.source",
+        "unknown format 'd.csv'; allowed: a token file (.bin, .npy), a JSONL",
+        files={"d.csv": b"1,2\n"},
+    ),
+    *both("data.source", "e.bin", "data.source", "e.bin is empty", files={"e.bin": b""}),
+    *both("data.source", "e.jsonl", "data.source", "e.jsonl is empty", files={"e.jsonl": b""}),
+    *both(
+        "data.source",
+        "t.bin",
+        "data.source",
+        "holds 1201 bytes, not a whole number of uint16 token ids (2 bytes",
+        files={"t.bin": TOKENS + b"\0"},
+    ),
+    *both(
+        "data",
+        data(source="t.bin", dtype="uint32"),
+        "data.source",
+        "not a whole number of uint32 token ids",
+        files={"t.bin": TOKENS + b"\0\0"},
+    ),
+    *both(
+        "data.source",
+        "t.bin",
+        "data.source",
+        "holds 100 tokens; one global batch needs 512 (global_batch_size 8 x sequence_length 64)",
+        files={"t.bin": TOKENS[:200]},
+    ),
+    *both(
+        "data.source",
+        "t.bin",
+        "data.source",
+        "t.bin: holds token id 600, outside the model's vocabulary (model.config vocab_size 512: ids 0 to 511)",
+        files={"t.bin": np.full(600, 600, np.uint16).tobytes()},
+    ),
+    *both(
+        "data.source",
+        "t.npy",
+        "data.source",
+        "holds float64, not integer token ids",
+        files={"t.npy": npy(np.zeros(600))},
+    ),
+    *both("data.source", "t.npy", "data.source", "is not a .npy file (no NumPy header)", files={"t.npy": b"not numpy"}),
+    *both(
+        "data.source",
+        "t.npy",
+        "data.source",
+        "cannot be read as a .npy file: Array can't be memory-mapped: Python objects",
+        files={"t.npy": npy(np.array([1, "a"], dtype=object))},
+    ),
+    *both(
+        "data.source",
+        "d.jsonl",
+        "data.source",
+        "has neither input_ids nor text (it has: x, y); name one with",
+        files={"d.jsonl": b'{"x": 1, "y": 2}\n'},
+    ),
+    *both("data.source", "d.jsonl", "data.source", "line 1 is not a JSON object", files={"d.jsonl": b"[1, 2]\n"}),
+    *both(
+        "data.source",
+        "d.jsonl",
+        "data.source",
+        "d.jsonl line 2 is not JSON",
+        files={"d.jsonl": b'{"input_ids": [1]}\n{oops\n'},
+    ),
+    *both("data.source", "d.jsonl", "data.source", "holds no records, only blank lines", files={"d.jsonl": b"\n\n"}),
+    *both(
+        "data.source",
+        "d.jsonl",
+        "data.source",
+        "holds 6 tokens (its documents, each followed by an EOS); one global batch needs 512",
+        files={"d.jsonl": b'{"input_ids": [1, 2]}\n' * 2},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", packing=False),
+        "data.source",
+        "holds 1 document(s) of 2 tokens or more; one global batch needs 8 with data.packing false",
+        files={"d.jsonl": b'{"input_ids": [1, 2, 3]}\n{"input_ids": [4]}\n'},
+    ),
+    *both("data.source", "d.parquet", "data.source", "cannot be read as Parquet", files={"d.parquet": b"no"}),
+    *both("data.source", "d.parquet", "data.source", "d.parquet has no rows", files={"d.parquet": NO_ROWS}),
+    *both(
+        "data.source",
+        "ds",
+        "data.source",
+        "is a folder but not one datasets' save_to_disk wrote",
+        files={"ds/notes.txt": b"hi"},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", field="body"),
+        "data.field",
+        "has no 'body' (it has: text)",
+        files={"d.jsonl": TEXT},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", field="n"),
+        "data.field",
+        "'n' holds neither text nor a list of token ids",
+        files={"d.jsonl": b'{"n": 5}\n'},
+    ),
+    *both("data.source", "d.jsonl", "data.tokenizer", "required: 'text' in", files={"d.jsonl": TEXT}),
+    *both(
+        "data",
+        data(source="d.jsonl", tokenizer="nope"),
+        "data.tokenizer",
+        "no such file or folder: ",
+        files={"d.jsonl": TEXT},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", tokenizer="tokenizer.json"),
+        "data.tokenizer",
+        "transformers cannot load a tokenizer from",
+        files={"d.jsonl": TEXT, "tokenizer.json": b"{not json"},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", tokenizer="tok"),
+        "data.tokenizer",
+        "holds neither tokenizer_config.json nor tokenizer.json",
+        files={"d.jsonl": TEXT, "tok/vocab.txt": b"a"},
+    ),
+    *both(
+        "data",
+        data(source="d.jsonl", tokenizer="tokenizer.json"),
+        "data.tokenizer",
+        "d.jsonl: the tokenizer encodes token id 600, outside the model's vocabulary",
+        files={"d.jsonl": TEXT, "tokenizer.json": tokenizer_json(["cat"], 600).encode()},
+    ),
+    *both(
+        "data",
+        data(source="t.bin", packing=False),
+        "data.packing",
+        "false (one sample per document) needs documents: data.source holds one stream of token ids",
+        files={"t.bin": TOKENS},
+    ),
+    *both(
+        "data",
+        data(tokenizer="tokenizer.json"),
+        "data.tokenizer",
+        "applies to JSONL, Parquet or datasets sources only: data.source holds random token ids",
+    ),
+    *both("data", data(source="t.bin", field="ids"), "data.field", "data.source holds token ids already"),
+    *both("data", data(source="d.jsonl", dtype="uint32"), "data.dtype", "applies to .bin token files only"),
+    *both("data.dtype", "int8", "data.dtype", "Input should be 'uint16' or 'uint32'"),
     *both("training.precision", "fp8", "training.precision", "Input should be 'bf16', 'fp16' or 'fp32' (got 'fp8')"),
     # the space's lists
     *both("space.micro_batch_size", [], "space.micro_batch_size", "must list at least one value"),
@@ -400,11 +577,13 @@ def test_bad_input_is_exit_2_with_one_line_naming_the_key_and_nothing_written(
     space = case.space if isinstance(case.space, bytes) else yaml.safe_dump(case.space).encode()
     (tmp_path / "space.yaml").write_bytes(space)
     for name, content in case.files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(content)
     if case.store:
         optuna.create_study(study_name="empty", storage="sqlite:///store.db")
     result = runner.invoke(app, list(case.argv))
-    assert_rejected(result, case.key, case.says, tmp_path, ["space.yaml", *case.files, *(["store.db"] * case.store)])
+    written = {name.split("/")[0] for name in case.files}
+    assert_rejected(result, case.key, case.says, tmp_path, ["space.yaml", *written, *(["store.db"] * case.store)])
 
 
 def test_the_good_space_is_accepted_by_plan(runner: CliRunner, tmp_path: Path) -> None:

@@ -87,11 +87,11 @@ def test_the_worker_builds_its_batches_before_timing_and_reduces_only_on_its_dev
     names = [getattr(c.func, "attr", getattr(c.func, "id", "")) for c in calls]
     assert "all_reduce" not in names and "tensor" not in names  # only the helper makes collective tensors
     assert names.count("reduce_on_device") >= 4  # the first collective, step times, memory, loss
-    assert "synthetic_batch" not in names and "synthetic_batches" in names
+    assert "synthetic_batch" not in names and "step_batches" in names  # tuner.workload.data: ids or the dataset
     loops = [node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While))]
     for loop in loops:
         inside = {getattr(c.func, "attr", "") for c in ast.walk(loop) if isinstance(c, ast.Call)}
-        assert "synthetic_batches" not in inside
+        assert "step_batches" not in inside
 
 
 @pytest.fixture

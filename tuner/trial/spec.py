@@ -42,6 +42,7 @@ class TrialSpec:
     script_args: list[str] = field(default_factory=list)  # its argument template ({placeholders})
     script_env: dict[str, str] = field(default_factory=dict)
     world_size: int = 1
+    data: dict[str, Any] = field(default_factory=dict)  # the space's data section less sequence_length; {}: synthetic
 
     @classmethod
     def build(
@@ -75,6 +76,7 @@ class TrialSpec:
             script_args=list(space.workload.args) if space.workload else [],
             script_env=dict(space.workload.env) if space.workload else {},
             world_size=ranks,
+            data=space.data.model_dump(exclude={"sequence_length"}),
         )
 
     def replace(self, **changes: Any) -> TrialSpec:

@@ -102,13 +102,13 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
-    from tuner.workload import hf_causal_lm
+    from tuner.workload import data, hf_causal_lm
 
     clock["imported"] = time.time()
     accel = get_accelerator()
     phase[0] = "distributed"
     deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     on_gpu = accel.device_name() == "cuda"
     if on_gpu:
@@ -148,14 +148,11 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     marks["initialize"] = peak_now()
     clock["initialized"] = time.time()
 
+    phase[0] = "data"
+    # One optimizer step's micro-batches (random ids, or this rank's part of the dataset's global batch), made on
+    # the device before any timing and reused by every step: no host copy falls inside the clock.
+    batches = data.step_batches(spec, rank, world, vocab, device)
     phase[0] = "train"
-    assert spec.sequence_length is not None, "the built-in workload has a sequence length (tuner.space)"
-    generator = torch.Generator().manual_seed(spec.seed + rank)
-    # One optimizer step's micro-batches, made on the device before any timing and reused by every step: the
-    # values do not change a step's time, and no host copy falls inside the clock.
-    batches = hf_causal_lm.synthetic_batches(
-        generator, vocab, spec.micro_batch_size, spec.sequence_length, device, count=spec.grad_accum
-    )
     for _ in range(spec.warmup_steps):
         timed_step(engine, batches, accel.synchronize)
     clock["warmed_up"] = time.time()
