@@ -165,6 +165,7 @@ CASES: list[Case] = [
     *script("workload.args", ["--x", "{"], "workload.args", "write {{ and }} for literal braces"),
     *script("search.objective", "tokens_per_s", "search.objective", "tokens_per_s needs data.sequence_length"),
     *script("workload.env", {"A": [1]}, "workload.env.A", "valid string"),
+    *script("data", {"source": "tokens.bin"}, "data.source", "applies to the built-in workload"),
     # unknown and missing keys
     *both("colour", "blue", "colour", "unknown key; allowed here: study, storage, workload, model, data, training"),
     *both("a:x:b", 1, "a:x:b", "unknown key"),  # printed as written: no emoji for `:x:`
