@@ -73,7 +73,7 @@ def measure_space(path: Path, work: Path, limit: int | None) -> dict[str, Any]:
 def predict(result: dict[str, Any]) -> dict[str, Any]:
     """The model's raw and leave-one-out calibrated predictions for every measured point of one space."""
     space = load_space(REPO / result["space"])
-    shape = model_shape(space.model_config_dict)
+    shape = model_shape(space.model_config_dict, space.model.options())
     setup = estimate_setup(space, result["accelerator"])
     rows = []
     for row in result["rows"]:

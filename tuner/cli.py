@@ -182,7 +182,7 @@ def plan(
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
         _preflight(space, enumeration, kind)
-        shape = model_shape(space.model_config_dict)
+        shape = model_shape(space.model_config_dict, space.model.options())
         setup = estimate_setup(space, kind)
         calibrations = None
         measured: list[Measured] = []
@@ -205,11 +205,18 @@ def plan(
         out.print(json.dumps(plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
         return
     s = result.shape
+    a = s.adapters
+    lora = (
+        f"; LoRA r={a.rank} on {', '.join(a.target_modules)}: {a.trainable_parameters / 1e6:,.3f}M trainable "
+        f"({a.trainable_parameters / s.num_parameters:.2%}), the base frozen"
+        if a
+        else ""
+    )
     out.print(
         f"model {s.model_type}: {s.num_parameters / 1e6:,.1f}M parameters ({s.embedding_parameters / 1e6:,.1f}M "
         f"embedding, largest layer {s.largest_layer_parameters / 1e6:,.1f}M), {s.num_layers} layers, hidden "
-        f"{s.hidden_size}; {setup.ranks} {kind} rank(s), {setup.precision}, sequence {setup.sequence_length}; "
-        f"{result.calibrations.describe()}",
+        f"{s.hidden_size}, {s.attention} attention{lora}; {setup.ranks} {kind} rank(s), {setup.precision}, "
+        f"sequence {setup.sequence_length}; {result.calibrations.describe()}",
         markup=False,
     )
     if budget.device_gb is None:

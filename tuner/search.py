@@ -147,7 +147,7 @@ def memory_planner(space: Space, accelerator: str, prune: bool | None = None) ->
         memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator), accelerator
     )
     return MemoryPlanner(
-        shape=model_shape(space.model_config_dict),
+        shape=model_shape(space.model_config_dict, space.model.options()),
         setup=estimate_setup(space, accelerator),
         budget=budget,
         prune=space.search.prune if prune is None else prune,

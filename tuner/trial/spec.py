@@ -38,6 +38,7 @@ class TrialSpec:
     device_memory_gb: float | None = None
     peak_tflops: float | None = None
     stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step
+    model_options: dict[str, Any] = field(default_factory=dict)  # attn_implementation, peft (ModelSection.options)
 
     @classmethod
     def build(
@@ -67,6 +68,7 @@ class TrialSpec:
             device_memory_gb=space.hardware.device_memory_gb,
             peak_tflops=space.hardware.peak_tflops,
             stop_over_step_s=stop_over_step_s,
+            model_options=space.model.options(),
         )
 
     def replace(self, **changes: Any) -> TrialSpec:
