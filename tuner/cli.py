@@ -251,7 +251,7 @@ def export(
 ) -> None:
     """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
-    from tuner.handoff import training_args_code
+    from tuner.handoff import lora_config_code, training_args_code
     from tuner.space import DEFAULT_STORAGE
     from tuner.store import load_study, open_storage
 
@@ -270,6 +270,8 @@ def export(
     if done.training_args is not None:
         code = training_args_code(done.training_args)
         out.print(f"Hugging Face Trainer arguments that match it:\n{code}", markup=False)
+    if done.lora_config is not None:
+        out.print(f"LoRA adapters as the trials trained them:\n{lora_config_code(done.lora_config)}", markup=False)
 
 
 @app.command()
