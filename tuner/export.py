@@ -138,7 +138,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "sequence_length": space.get("data", {}).get("sequence_length"),
         },
         "model_config": space.get("model", {}).get("config"),
-        **model_options(space.get("model", {})),
+        **model_options(space.get("model") or {}),
         **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
@@ -223,4 +223,4 @@ def export(
     if args is not None and args_path is not None:
         args_path.write_text(json.dumps(args, indent=2) + "\n")
     prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    return Exported(trial, output, prov_path, world, notes, args, args_path, prov["lora_config"])
+    return Exported(trial, output, prov_path, world, notes, args, args_path, lora_config=prov["lora_config"])
