@@ -45,13 +45,16 @@ def main() -> None:
     model_json = json.loads(args.model_config.read_text())
     checkpointing = args.gradient_checkpointing or bool(model_json.get("activation_checkpointing"))
     model_config = model_json.get("model_config", model_json)
+    # the provenance's attention implementation and LoRA adapters (model.peft), as the trials built them
+    options = {key: model_json[key] for key in ("attn_implementation", "peft") if model_json.get(key)}
     if (ds_config.get("zero_optimization") or {}).get("stage") == 3:  # built partitioned, as the trials did
-        model = hf_causal_lm.build_partitioned_model(model_config, 0, ds_config)
+        model = hf_causal_lm.build_partitioned_model(model_config, 0, ds_config, options)
     else:
-        model = hf_causal_lm.build_model(model_config, seed=0)
+        model = hf_causal_lm.build_model(model_config, seed=0, options=options)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     vocab = hf_causal_lm.vocab_size(model)
     generator = torch.Generator().manual_seed(engine.global_rank)
     device = torch.device(accel.device_name(local_rank))

@@ -5,7 +5,9 @@
 
 The TrainingArguments come from the export's .training_args.json (the same values `tuner export` prints),
 so Trainer's consistency check against the DeepSpeed config passes. The model is built from the
-transformers config with random weights and trained on random tokens: no download.
+transformers config with random weights and trained on random tokens: no download. When the trials trained
+LoRA adapters, the provenance's `lora_config` holds peft's LoraConfig arguments and the model is wrapped with
+them before Trainer sees it (as `tuner export` prints); its `attn_implementation`, when set, builds the model.
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ def main() -> None:
 
     exported = json.loads(args.training_args.read_text())
     model_json = json.loads(args.model_config.read_text())
-    model = hf_causal_lm.build_model(model_json.get("model_config", model_json), seed=0)
+    attention = model_json.get("attn_implementation")
+    model = hf_causal_lm.build_model(
+        model_json.get("model_config", model_json), seed=0, options={"attn_implementation": attention}
+    )
+    if model_json.get("lora_config"):  # the trials trained LoRA adapters on a frozen base: wrap it the same way
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(**model_json["lora_config"]))
+        trainable, total = model.get_nb_trainable_parameters()
+        print(f"LoRA: {trainable} of {total} parameters train", flush=True)
     with tempfile.TemporaryDirectory() as out_dir:
         training_args = TrainingArguments(
             output_dir=out_dir, max_steps=args.steps, logging_steps=1, report_to=[], save_strategy="no",

@@ -211,7 +211,7 @@ def plan(
         if not space.plans_memory:
             _plan_without_model(space, enumeration, as_json)
             return
-        shape = model_shape(space.model_config_dict)
+        shape = model_shape(space.model_config_dict, space.model.options() if space.model else None)
         setup = estimate_setup(space, kind)
         calibrations = None
         measured: list[Measured] = []
@@ -234,11 +234,18 @@ def plan(
         out.print(json.dumps(plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
         return
     s = result.shape
+    a = s.adapters
+    lora = (
+        f"; LoRA r={a.rank} on {', '.join(a.target_modules)}: {a.trainable_parameters / 1e6:,.3f}M trainable "
+        f"({a.trainable_parameters / s.num_parameters:.2%}), the base frozen"
+        if a
+        else ""
+    )
     out.print(
         f"model {s.model_type}: {s.num_parameters / 1e6:,.1f}M parameters ({s.embedding_parameters / 1e6:,.1f}M "
         f"embedding, largest layer {s.largest_layer_parameters / 1e6:,.1f}M), {s.num_layers} layers, hidden "
-        f"{s.hidden_size}; {setup.ranks} {kind} rank(s), {setup.precision}, sequence {setup.sequence_length}; "
-        f"{result.calibrations.describe()}",
+        f"{s.hidden_size}, {s.attention} attention{lora}; {setup.ranks} {kind} rank(s), {setup.precision}, "
+        f"sequence {setup.sequence_length}; {result.calibrations.describe()}",
         markup=False,
     )
     if budget.device_gb is None:
@@ -273,7 +280,7 @@ def export(
 ) -> None:
     """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
-    from tuner.handoff import training_args_code
+    from tuner.handoff import lora_config_code, training_args_code
     from tuner.space import DEFAULT_STORAGE
     from tuner.store import load_study, open_storage
 
@@ -294,6 +301,8 @@ def export(
     if done.training_args is not None:
         code = training_args_code(done.training_args)
         out.print(f"Hugging Face Trainer arguments that match it:\n{code}", markup=False)
+    if done.lora_config is not None:
+        out.print(f"LoRA adapters as the trials trained them:\n{lora_config_code(done.lora_config)}", markup=False)
 
 
 @app.command()

@@ -24,6 +24,14 @@ Sources, so each term can be checked:
   (PyTorch SDPA, the default in transformers) keeps no s*s matrix: the 5*a*s/h term drops to the output
   and a log-sum-exp. Full checkpointing keeps each layer's input (s*b*h) plus one layer's activations
   while it is recomputed.
+- A frozen base with LoRA adapters (Hu et al. 2021, peft): the base keeps only its weights, in the
+  training precision (2 bytes bf16/fp16, 4 fp32; whole at stages 0-2, partitioned at stage 3); gradients,
+  fp32 gradient copies, master weights and moments exist only for the trainable (adapter) parameters and
+  partition by stage as above; DeepSpeed's buckets fill only with trainable gradients. A frozen linear
+  layer keeps no input for a weight gradient and a frozen RMSNorm only its fp32 copy, so a layer keeps
+  the inputs of its adapted linear layers only, plus lora_A's s*b*r outputs and, with LoRA dropout, each
+  adapted layer's dropped input copy and mask (tuner/workload/adapters.py; checked against autograd's
+  saved tensors). The first layer's input, which needs no gradient at all, is counted like the others.
 - Logits and loss: s*b*vocab in the model's precision, its fp32 upcast and saved log-softmax
   (transformers' loss), and their gradients during backward.
 - Buffers: DeepSpeed's gradient bucket (reduce_bucket_size, twice with overlap_comm) and, for stage 3,
@@ -51,6 +59,21 @@ PARTS = ("runtime", "parameters", "gradients", "optimizer_states", "activations"
 
 
 @dataclass(frozen=True)
+class Adapters:
+    """LoRA adapters on a frozen base (peft), counted on the meta device with the adapters attached."""
+
+    method: str  # lora
+    rank: int
+    trainable_parameters: int  # the adapters' parameters: the only ones with gradients and optimizer states
+    largest_trainable_layer: int  # the largest module's own trainable parameters (ZeRO-3's gathered gradients)
+    inputs: tuple[str, ...]  # the linear inputs adapted layers read, kept for backward (a frozen layer keeps
+    # none): attention_input (q, k, v), attention_output, mlp_input (s x b x h each), down (s x b x intermediate)
+    rank_outputs: int  # per layer, the adapted layers' ranks summed: lora_A's (s, b, r) outputs lora_B keeps
+    dropout_inputs: int  # per layer, the adapted layers' in_features summed when LoRA dropout copies inputs
+    target_modules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """What the memory and FLOPs model needs to know about an architecture, counted on the meta device."""
 
@@ -72,6 +95,16 @@ class ModelShape:
     attention: str  # transformers' attn_implementation: sdpa, flash_attention_2, eager, ...
     attention_dropout: bool
     hidden_dropout: bool
+    adapters: Adapters | None = None  # LoRA on a frozen base; None: every parameter trains
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self.adapters.trainable_parameters if self.adapters else self.num_parameters
+
+    @property
+    def trainable_matmul_parameters(self) -> int:
+        """Parameters whose weight gradients are matrix multiplies: all matmul parameters, or the adapters."""
+        return self.adapters.trainable_parameters if self.adapters else self.matmul_parameters
 
 
 @dataclass(frozen=True)
@@ -190,34 +223,46 @@ class ModelStates:
     host_per_rank: float
 
 
-def model_states(num_params: int, largest_layer: int, knobs: MemoryKnobs, setup: Setup) -> ModelStates:
-    """Per-rank model states by ZeRO stage, precision and offload (see the module docstring for sources)."""
+def model_states(
+    num_params: int,
+    largest_layer: int,
+    knobs: MemoryKnobs,
+    setup: Setup,
+    trainable: int | None = None,
+    largest_trainable: int | None = None,
+) -> ModelStates:
+    """Per-rank model states by ZeRO stage, precision and offload (see the module docstring for sources).
+
+    `trainable` (default: all `num_params`) have gradients and optimizer states; the rest are frozen weights.
+    """
     n, g, p = float(num_params), float(setup.ranks), float(setup.param_bytes)
+    t = float(num_params if trainable is None else trainable)
     mixed = p < 4
     stage = knobs.zero_stage
     host = 0.0
     if stage == 0:
         # fp16/bf16 wrapper: fp32 master weights and an fp32 gradient copy at step; plain torch optimizer in fp32
-        params, grads, optim = p * n, p * n + (4 * n if mixed else 0.0), 8 * n + (4 * n if mixed else 0.0)
+        params, grads, optim = p * n, p * t + (4 * t if mixed else 0.0), 8 * t + (4 * t if mixed else 0.0)
     elif stage in (1, 2):
         # ZeRO optimizer: 16-bit gradients whole (stage 1) or partitioned (stage 2), an fp32 gradient partition
         params = p * n
-        grads = (p * n if stage == 1 else p * n / g) + 4 * n / g
-        optim = 12 * n / g
+        grads = (p * t if stage == 1 else p * t / g) + 4 * t / g
+        optim = 12 * t / g
         if knobs.optimizer_offloaded:
-            host = 4 * n / g + optim  # fp32 gradient partition, master weights and moments
-            grads, optim = (p * n if stage == 1 else 0.0), 0.0
+            host = 4 * t / g + optim  # fp32 gradient partition, master weights and moments
+            grads, optim = (p * t if stage == 1 else 0.0), 0.0
     else:
-        working = 2 * p * largest_layer  # one gathered layer: its 16-bit parameters and gradients
-        params = p * n / g + working / 2
-        grads = 4 * n / g + working / 2
-        optim = 12 * n / g
+        gathered = p * largest_layer  # one gathered layer's 16-bit parameters ...
+        gathered_grads = p * (largest_layer if largest_trainable is None else largest_trainable)  # ... and gradients
+        params = p * n / g + gathered
+        grads = 4 * t / g + gathered_grads
+        optim = 12 * t / g
         if knobs.optimizer_offloaded:
-            host = 4 * n / g + optim
-            grads, optim = working / 2, 0.0
+            host = 4 * t / g + optim
+            grads, optim = gathered_grads, 0.0
         if knobs.params_offloaded:
             host += p * n / g
-            params = working / 2
+            params = gathered
         if knobs.hpz_partition_size > 1:
             # hpZ keeps a secondary copy of the 16-bit parameters partitioned over its group, on the device
             params += p * n / knobs.hpz_partition_size
@@ -235,7 +280,9 @@ def attention_kernel(shape: ModelShape, accelerator: str) -> str:
     return "flash"
 
 
-def layer_activation_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: int, accelerator: str) -> float:
+def layer_activation_bytes(
+    shape: ModelShape, seq: int, micro: int, act_bytes: int, accelerator: str, first: bool = False
+) -> float:
     """One transformer layer's saved activations for one micro-batch, tensor by tensor.
 
     Korthikanti et al.'s terms, with the sizes transformers' implementations keep (counted with
@@ -243,14 +290,19 @@ def layer_activation_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: i
     an fp32 copy where RMSNorm upcasts); the QKV, output and first MLP projections their inputs; attention
     q, k, v and, fused, its output and log-sum-exp, or unfused the s x s scores; the MLP `mlp_saved`
     (s, b, intermediate) tensors; dropout one mask per element (1 byte on a GPU, the activation's dtype on CPU).
+    A frozen base with adapters keeps only what its adapters need (module docstring).
     """
     s, b, h, p = float(seq), float(micro), float(shape.hidden_size), float(act_bytes)
     i, a = float(shape.intermediate_size), float(shape.num_heads)
     sbh = s * b * h
     sb_kv = s * b * h * shape.num_kv_heads / shape.num_heads
     mask = 1.0 if accelerator == "cuda" else p
-    norm = sbh * p + (sbh * 4 if shape.norm_fp32 else 0.0)
-    linear_inputs = 3 * sbh * p  # QKV projection, output projection, first MLP projection(s)
+    lora = shape.adapters
+    # an RMSNorm's 16-bit input is kept for its weight's gradient; LayerNorm keeps its input either way
+    norm = (0.0 if lora and shape.norm_fp32 else sbh * p) + (sbh * 4 if shape.norm_fp32 else 0.0)
+    # QKV projection, output projection, first MLP projection(s); of a frozen base only the adapted ones
+    linear_inputs = (len(set(lora.inputs) - {"down"}) if lora else 3) * sbh * p
+    adapters = (lora.rank_outputs * s * b * p + lora.dropout_inputs * s * b * (p + 1.0)) if lora else 0.0
     kernel = attention_kernel(shape, accelerator)
     scores = a * s * s * b
     if kernel == "flash":
@@ -260,9 +312,14 @@ def layer_activation_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: i
     else:
         dropout = scores * (mask + p) if shape.attention_dropout else 0.0
         attention = (sbh + 2 * sb_kv) * p + scores * p + dropout  # Korthikanti's 5as^2b with dropout
-    mlp = shape.mlp_saved * s * b * i * p
+    mlp_saved = shape.mlp_saved - (1 if lora and "down" not in lora.inputs else 0)  # the down projection's input
+    mlp = mlp_saved * s * b * i * p
     residual_masks = 2 * sbh * mask if shape.hidden_dropout else 0.0
-    return 2 * norm + linear_inputs + attention + mlp + residual_masks
+    if first and lora:
+        # the first layer's input needs no gradient (the embedding is frozen): its first norm keeps nothing, nor
+        # does its attention when no adapter feeds q, k or v
+        return norm + linear_inputs + (attention if "attention_input" in lora.inputs else 0.0) + mlp + adapters
+    return 2 * norm + linear_inputs + attention + mlp + residual_masks + adapters
 
 
 def activation_bytes(
@@ -271,12 +328,16 @@ def activation_bytes(
     """All layers' saved activations; with full checkpointing, layer inputs plus one layer being recomputed."""
     layer = layer_activation_bytes(shape, seq, micro, act_bytes, accelerator)
     sbh = float(seq) * micro * shape.hidden_size * act_bytes
-    final_norm = sbh + (float(seq) * micro * shape.hidden_size * 4 if shape.norm_fp32 else 0.0)
+    frozen_rms = shape.adapters is not None and shape.norm_fp32  # its 16-bit input kept only for a trained weight
+    final_norm = (0.0 if frozen_rms else sbh) + (float(seq) * micro * shape.hidden_size * 4 if shape.norm_fp32 else 0.0)
     mask = 1 if accelerator == "cuda" else act_bytes
     embedding_mask = float(seq) * micro * shape.hidden_size * mask if shape.hidden_dropout else 0.0
     outside = final_norm + embedding_mask
     if checkpointing:
         return shape.num_layers * sbh + layer + outside
+    if shape.adapters:  # the first layer of a frozen base keeps less (layer_activation_bytes)
+        first = layer_activation_bytes(shape, seq, micro, act_bytes, accelerator, first=True)
+        return first + (shape.num_layers - 1) * layer + outside
     return shape.num_layers * layer + outside
 
 
@@ -292,18 +353,19 @@ def buffer_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
 
     Stage 0 flattens gradients into all-reduce buckets of up to allreduce_bucket_size elements; stages 1
     and 2 allocate a contiguous gradient bucket of reduce_bucket_size elements (a second one with
-    overlap_comm); stage 3 its reduce bucket and the parameters it prefetches (prefetch_bucket_size).
+    overlap_comm); stage 3 its reduce bucket and the parameters it prefetches (prefetch_bucket_size). Gradient
+    buckets fill only with trainable parameters' gradients.
     """
-    n, p, bk = shape.num_parameters, setup.param_bytes, setup.buckets
+    n, t, p, bk = shape.num_parameters, shape.trainable_parameters, setup.param_bytes, setup.buckets
 
-    def bucket(elements: int) -> float:
-        return float(elements if setup.accelerator == "cuda" else min(elements, n)) * p
+    def bucket(elements: int, filled_by: int) -> float:
+        return float(elements if setup.accelerator == "cuda" else min(elements, filled_by)) * p
 
     if knobs.zero_stage == 0:
-        return float(min(bk.allreduce_bucket_size, n)) * p if setup.ranks > 1 else 0.0
+        return float(min(bk.allreduce_bucket_size, t)) * p if setup.ranks > 1 else 0.0
     if knobs.zero_stage in (1, 2):
-        return bucket(bk.reduce_bucket_size) * (2 if bk.overlap_comm else 1)
-    return bucket(bk.reduce_bucket_size) + bucket(bk.prefetch_bucket_size)
+        return bucket(bk.reduce_bucket_size, t) * (2 if bk.overlap_comm else 1)
+    return bucket(bk.reduce_bucket_size, t) + bucket(bk.prefetch_bucket_size, n)
 
 
 def build_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
@@ -341,7 +403,12 @@ def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
     """The predicted peak for one point. On CPU the device is host memory: offloaded states stay in the rank."""
     knobs = MemoryKnobs.of(point)
     setup = _with_point_buckets(setup, knobs)
-    states = model_states(shape.num_parameters, shape.largest_layer_parameters, knobs, setup)
+    lora = shape.adapters
+    states = model_states(
+        shape.num_parameters, shape.largest_layer_parameters, knobs, setup,
+        trainable=lora.trainable_parameters if lora else None,
+        largest_trainable=lora.largest_trainable_layer if lora else None,
+    )  # fmt: skip
     act = setup.param_bytes  # activations in the training precision (DeepSpeed casts the model)
     parts = {"runtime": 0.0, **states.device}
     if setup.accelerator == "cpu":
@@ -355,7 +422,10 @@ def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
     parts["buffers"] = buffer_bytes(shape, knobs, setup)
     train = sum(v for k, v in parts.items() if k != "runtime")
     built = build_bytes(shape, knobs, setup)
-    flops = flops_per_token(shape.matmul_parameters, shape.num_layers, shape.hidden_size, seq, knobs.checkpointing)
+    flops = flops_per_token(
+        shape.matmul_parameters, shape.num_layers, shape.hidden_size, seq, knobs.checkpointing,
+        trainable_matmul_params=shape.trainable_matmul_parameters,
+    )  # fmt: skip
     return Estimate(
         parts=parts,
         build_bytes=built,

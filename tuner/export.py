@@ -26,7 +26,7 @@ from tuner.workload.script import fill_args, trial_values
 
 FIGURE_KEYS = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps",
-    "peak_mem_gb", "peak_reserved_gb", "final_loss", "num_parameters",
+    "peak_mem_gb", "peak_reserved_gb", "final_loss", "num_parameters", "trainable_parameters",
 )  # fmt: skip
 
 
@@ -103,6 +103,21 @@ def workload_settings(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def model_options(model: dict[str, Any]) -> dict[str, Any]:
+    """The model section's options the production job must repeat: the attention implementation and LoRA.
+
+    `lora_config` holds peft.LoraConfig's arguments: wrap the model with get_peft_model(model,
+    LoraConfig(**lora_config)) before training (examples/train.py and examples/train_hf.py do).
+    """
+    from tuner.workload.adapters import lora_kwargs
+
+    out: dict[str, Any] = {"attn_implementation": model.get("attn_implementation")}
+    peft = model.get("peft")
+    out["peft"] = peft
+    out["lora_config"] = lora_kwargs(peft) if peft else None
+    return out
+
+
 def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
     """Where the exported config came from: enough to trace it back and to judge it."""
     space = study.user_attrs.get("space", {})
@@ -125,6 +140,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "sequence_length": space.get("data", {}).get("sequence_length"),
         },
         "model_config": (space.get("model") or {}).get("config"),
+        **model_options(space.get("model") or {}),
         **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
@@ -148,6 +164,7 @@ class Exported:
     training_args: dict[str, Any] | None = None  # --format hf
     training_args_path: Path | None = None
     command: list[str] | None = None  # a script study: the user's script with the winner's arguments
+    lora_config: dict[str, Any] | None = None  # peft.LoraConfig's arguments when the trials trained adapters
 
 
 def script_command(
@@ -206,6 +223,14 @@ def export(
     except Exception as exc:
         raise SpaceError("--trial", f"DeepSpeed rejects trial {trial.number}'s config: {one_line(exc)}") from None
     args = args_path = None
+    prov = provenance(study, trial, storage_url)
+    if prov["lora_config"]:
+        notes.append(
+            "the trials trained LoRA adapters on a frozen base (peft): wrap the model as printed below (lora_config "
+            "in the provenance file) before training, and hand DeepSpeed only the trainable parameters"
+        )
+    if prov["attn_implementation"]:
+        notes.append(f"build the model with attn_implementation={prov['attn_implementation']!r}, as the trials did")
     if fmt == "hf":
         config, hf_notes = hf_config(config)
         notes += hf_notes
@@ -213,7 +238,6 @@ def export(
         args, args_path = hf_training_args(config, str(output), point), _sibling(output, ".training_args.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     prov_path = _sibling(output, ".provenance.json")
-    prov = provenance(study, trial, storage_url)
     prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "accelerator": target, "notes": notes})
     if args is not None:
         prov["training_args"] = args
@@ -226,4 +250,7 @@ def export(
     if args is not None and args_path is not None:
         args_path.write_text(json.dumps(args, indent=2) + "\n")
     prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    return Exported(trial, output, prov_path, world, notes, args, args_path, script[1] if script else None)
+    return Exported(
+        trial, output, prov_path, world, notes, args, args_path, script[1] if script else None,
+        lora_config=prov["lora_config"],
+    )  # fmt: skip

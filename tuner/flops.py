@@ -6,6 +6,14 @@ embedding lookups, plus the output projection when it is tied to the input embed
 still computed), L layers, h hidden size, s sequence length. Full activation checkpointing recomputes
 the forward once more, so the hardware does 8·N + 16·L·h·s; MFU uses the model figure, as PaLM defines it.
 
+With a frozen base (LoRA adapters, peft) the frozen weights get no weight gradients. PaLM's 6·N is 2·N for
+the forward pass and 4·N for the backward pass, one matrix multiply for the inputs' gradients and one for
+the weights' per weight (Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU
+Clusters", section 5.1: the backward pass is twice the forward). So training FLOPs per token are
+2·N (forward) + 2·N (input gradients, through every layer) + 2·N_trainable (the adapters' weight gradients)
++ 12·L·h·s (attention scores and their gradients, which hold no weights): 4·N + 2·N_trainable instead of 6·N,
+N counting the adapters too. The input gradients of the layers below the first adapter are counted as well.
+
 Peaks are dense (no sparsity) per-GPU figures. "fp32" is the plain FP32 (non-tensor-core) peak: torch
 leaves TF32 off for matmuls by default (torch.backends.cuda.matmul.allow_tf32 is False), so fp32 matmuls
 run on the FP32 units. A job that turns TF32 on should set hardware.peak_tflops itself.
@@ -46,11 +54,19 @@ class FlopsPerToken:
 
 
 def flops_per_token(
-    matmul_params: int, layers: int, hidden: int, sequence_length: int, recompute: bool
+    matmul_params: int,
+    layers: int,
+    hidden: int,
+    sequence_length: int,
+    recompute: bool,
+    trainable_matmul_params: int | None = None,
 ) -> FlopsPerToken:
-    """PaLM's 6·N + 12·L·h·s per token; with full recomputation the hardware adds one forward."""
-    forward = 2.0 * matmul_params + 4.0 * layers * hidden * sequence_length
-    model = 3.0 * forward
+    """PaLM's 6·N + 12·L·h·s per token, or 4·N + 2·N_trainable + 12·L·h·s with a frozen base (module docstring);
+    with full recomputation the hardware adds one forward."""
+    trainable = matmul_params if trainable_matmul_params is None else trainable_matmul_params
+    attention = 4.0 * layers * hidden * sequence_length  # forward; its backward is twice that
+    forward = 2.0 * matmul_params + attention
+    model = forward + 2.0 * matmul_params + 2.0 * trainable + 2 * attention
     return FlopsPerToken(model=model, hardware=model + (forward if recompute else 0.0))
 
 

@@ -118,3 +118,10 @@ def training_args_code(args: dict[str, Any]) -> str:
     """The TrainingArguments call to paste into a training script."""
     lines = [f"    {key}={value!r}," for key, value in args.items()]
     return "TrainingArguments(\n    output_dir='out',\n" + "\n".join(lines) + "\n)"
+
+
+def lora_config_code(kwargs: dict[str, Any]) -> str:
+    """The peft wrapping to paste before Trainer (or deepspeed.initialize): the trials' LoRA adapters."""
+    lines = [f"    {key}={value!r}," for key, value in kwargs.items()]
+    head = "from peft import LoraConfig, get_peft_model\n\nmodel = get_peft_model(model, LoraConfig(\n"
+    return head + "\n".join(lines) + "\n))"

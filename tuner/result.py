@@ -120,6 +120,7 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
         "initialize_peak_gb": float(raw.get("initialize_peak_bytes", 0.0)) / GB,
         "final_loss": float(raw["final_loss"]),
         "num_parameters": float(raw["num_parameters"]),
+        "trainable_parameters": float(raw.get("trainable_parameters", raw["num_parameters"])),
         "startup_s": clock["imported"] - clock["launched"],
         "build_s": clock["built"] - clock["distributed"],
         "initialize_s": clock["initialized"] - clock["built"],
@@ -136,8 +137,9 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
     if seq is not None:  # a script's samples have no length unless the space states it: then samples/s only
         figures["tokens_per_s"] = global_batch * seq / step
         per_token = flops_per_token(
-            raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec.activation_checkpointing
-        )
+            raw["matmul_parameters"], raw["num_layers"], raw["hidden_size"], seq, spec.activation_checkpointing,
+            trainable_matmul_params=raw.get("trainable_matmul_parameters"),  # a frozen base: no weight gradients
+        )  # fmt: skip
         peak = spec.peak_tflops or (
             peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None
         )

@@ -30,7 +30,7 @@ FIGURES = (
     "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",
     "predicted_raw_mem_gb", "predicted_host_mem_gb", "device_overhead_gb", "device_total_gb", "final_loss",
     "trial_duration_s", "fixed_overhead_s", "overhead_share", "startup_s", "build_s", "initialize_s", "warmup_s",
-    "threads_per_rank",
+    "threads_per_rank", "num_parameters", "trainable_parameters",
 )  # fmt: skip
 TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host")
 

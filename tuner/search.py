@@ -157,7 +157,7 @@ def memory_planner(space: Space, accelerator: str, prune: bool | None = None) ->
     if not space.plans_memory:
         return EvidenceJudge(budget, accelerator, space.search.prune if prune is None else prune)
     return MemoryPlanner(
-        shape=model_shape(space.model_config_dict),
+        shape=model_shape(space.model_config_dict, space.model.options() if space.model else None),
         setup=estimate_setup(space, accelerator),
         budget=budget,
         prune=space.search.prune if prune is None else prune,

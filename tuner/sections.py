@@ -44,12 +44,61 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PeftSection(_Section):
+    """Parameter-efficient fine-tuning with the peft library: the base model frozen, adapters trained."""
+
+    method: Literal["lora"] = Field("lora", description="lora (LoRA, Hu et al. 2021): the only method for now.")
+    r: PositiveInt = Field(8, description="The adapters' rank (peft's LoraConfig r).")
+    alpha: PositiveInt = Field(8, description="The scaling numerator (lora_alpha): updates scale by alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input (lora_dropout).")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Module names (or name suffixes) to adapt, e.g. [q_proj, v_proj]; all-linear; default: "
+        "peft's default for the architecture. Each must match a module of the model.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must list at least one module name")
+            if len(set(value)) < len(value):
+                raise ValueError("lists a module name twice")
+        return value
+
+
+def _flash_installed(value: str | None) -> str | None:
+    """flash_attention_2 needs the flash_attn package (and a GPU); say so now rather than in every trial."""
+    import importlib.util
+
+    if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("flash_attention_2 needs the flash_attn package, which is not installed; use sdpa or eager")
+    return value
+
+
 class ModelSection(_Section):
     config: str | dict[str, Any] = Field(
         description="A local folder or config.json path, or an inline mapping with model_type and its fields."
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None, description="transformers' attention implementation; default: transformers' own (sdpa where supported)."
+    )
+    peft: PeftSection | None = Field(
+        None, description="Train adapters on a frozen base (peft) instead of every weight."
+    )
 
     _config = field_validator("config", mode="before")(_path_or_mapping)
+    _flash = field_validator("attn_implementation")(_flash_installed)
+
+    def options(self) -> dict[str, Any]:
+        """What the workload builds besides the architecture (attention kernel, adapters): JSON for the ranks."""
+        out: dict[str, Any] = {}
+        if self.attn_implementation is not None:
+            out["attn_implementation"] = self.attn_implementation
+        if self.peft is not None:
+            out["peft"] = self.peft.model_dump(mode="json")
+        return out
 
 
 class WorkloadSection(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -128,6 +128,7 @@ def _first_error(exc: ValidationError, model: type[BaseModel]) -> SpaceError:
         for part in loc[:-1]:
             field = owner.model_fields.get(part)
             owner = field.annotation if field is not None else None
+            owner = next((a for a in get_args(owner) if isinstance(a, type) and issubclass(a, BaseModel)), owner)
             if not (isinstance(owner, type) and issubclass(owner, BaseModel)):
                 break
         allowed = ", ".join(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else ""
@@ -146,7 +147,9 @@ def _check_storage(url: str, key: str) -> None:
         raise SpaceError(key, f"an in-memory SQLite store ({url}) is gone when tuner exits: name a file instead")
 
 
-def _check_model_config(config: dict[str, Any], sequence_length: int | None) -> None:
+def _check_model_config(
+    config: dict[str, Any], sequence_length: int | None, options: dict[str, Any] | None = None
+) -> None:
     """The architecture must be one transformers can build offline, and accepts, for this sequence length."""
     from transformers import CONFIG_MAPPING
 
@@ -157,7 +160,7 @@ def _check_model_config(config: dict[str, Any], sequence_length: int | None) -> 
         raise SpaceError("model.config.model_type", "required: a transformers architecture such as gpt2 or llama")
     if model_type not in CONFIG_MAPPING:
         raise SpaceError("model.config.model_type", f"unknown architecture {model_type!r}; e.g. gpt2, llama, qwen2")
-    validate_model_config(config, sequence_length)
+    validate_model_config(config, sequence_length, options)
 
 
 def parse_space(raw: Any, default_study: str) -> Space:
@@ -174,7 +177,7 @@ def parse_space(raw: Any, default_study: str) -> Space:
         _check_storage(space.storage, "storage")
     _check_workload(space)
     if space.model is not None:
-        _check_model_config(space.model_config_dict, space.data.sequence_length)
+        _check_model_config(space.model_config_dict, space.data.sequence_length, space.model.options())
     return space
 
 

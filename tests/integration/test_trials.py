@@ -101,6 +101,32 @@ def test_real_trial_measures_every_stage(point: Point, tmp_path: Path, cpu_ops: 
     assert not processes_of(tmp_path / "trial")
 
 
+LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn"]}
+
+
+@pytest.mark.parametrize(
+    "point",
+    [Point(2, 0), Point(2, 2), Point(2, 3, activation_checkpointing=True)],
+    ids=lambda p: p.label().replace(" ", "_"),
+)
+def test_lora_trial_trains_only_the_adapters(point: Point, tmp_path: Path, cpu_ops: None) -> None:
+    """model.peft at ZeRO 0, 2 and 3 (the base partitioned by zero.Init, the adapters by deepspeed.initialize)."""
+    from tuner.workload.hf_causal_lm import build_model, model_facts
+
+    options = {"peft": LORA}
+    result = run(spec_for(point, precision="fp32", model_options=options), tmp_path)
+    assert result.ok, (result.failure_category, result.failure_reason, result.log_tail)
+    f = result.figures
+    model = build_model(TINY_GPT2, seed=0, options=options)
+    trainable, total = model.get_nb_trainable_parameters()  # peft's own count
+    assert f["trainable_parameters"] == trainable == 2 * 4 * (64 + 3 * 64)  # 2 layers of r x (in + out)
+    assert f["num_parameters"] == total
+    assert math.isfinite(f["final_loss"]) and 4.0 < f["final_loss"] < 8.0
+    facts = model_facts(model)  # no weight gradients for the frozen base: 4N + 2N_trainable + 12Lhs
+    assert f["model_flops_per_token"] == 4 * facts["matmul_parameters"] + 2 * trainable + 12 * 2 * 64 * SEQ
+    assert not processes_of(tmp_path / "trial")
+
+
 def test_config_deepspeed_rejects_is_invalid_config(tmp_path: Path, cpu_ops: None) -> None:
     spec = spec_for(Point(2, 1), precision="fp32", measure_steps=1)
     spec.ds_config["train_batch_size"] = GLOBAL + 1  # not micro x accumulation x ranks: DeepSpeed refuses it

@@ -28,8 +28,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def saved_bytes(config: dict[str, Any], seq: int, micro: int, checkpointing: bool) -> int:
-    model = build_model(config, seed=0).to(torch.bfloat16)
+def saved_bytes(
+    config: dict[str, Any], seq: int, micro: int, checkpointing: bool, options: dict[str, Any] | None = None
+) -> int:
+    model = build_model(config, seed=0, options=options).to(torch.bfloat16)
     model.train()
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -68,3 +70,33 @@ def test_checkpointing_keeps_only_layer_inputs() -> None:
     assert kept < full / 2
     predicted = activation_bytes(shape, 128, 4, 2, True, "cpu") + 128 * 4 * shape.vocab_size * 4
     assert kept <= predicted < full
+
+
+def lora(targets: list[str] | str | None, dropout: float = 0.0) -> dict[str, Any]:
+    return {"peft": {"method": "lora", "r": 8, "alpha": 16, "dropout": dropout, "target_modules": targets}}
+
+
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# (config, options, tolerance): a frozen base keeps only its adapted layers' inputs; the model counts LoRA
+# dropout's mask in every layer, where the first layer (no gradient into it) keeps less: 2 layers magnify it
+ADAPTED: dict[str, tuple[str, dict[str, Any], float]] = {
+    "llama q, v": ("llama GQA", lora(["q_proj", "v_proj"]), 0.01),
+    "llama o, down": ("llama GQA", lora(["o_proj", "down_proj"]), 0.02),
+    "llama every linear": ("llama GQA", lora(LLAMA_LINEARS), 0.03),
+    "llama every linear, dropout": ("llama GQA", lora(LLAMA_LINEARS, dropout=0.1), 0.07),
+    "gpt2 c_attn (peft's default)": ("gpt2 without dropout", lora(None), 0.01),
+    "gpt2 all-linear": ("gpt2 without dropout", lora("all-linear"), 0.03),
+    "gpt2 with dropout, c_attn": ("gpt2 (dropout: fp32 math attention on CPU)", lora(["c_attn"]), 0.02),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ADAPTED))
+def test_a_frozen_base_keeps_only_what_its_adapters_need(name: str) -> None:
+    base, options, tolerance = ADAPTED[name]
+    config = CONFIGS[base]
+    shape = model_shape(config, options)
+    predicted = activation_bytes(shape, 128, 4, 2, False, "cpu") + 128 * 4 * shape.vocab_size * 4
+    measured = saved_bytes(config, 128, 4, checkpointing=False, options=options)
+    assert predicted == pytest.approx(measured, rel=tolerance), f"{name}: {predicted / measured - 1:+.1%}"
+    if not options["peft"]["dropout"]:  # with dropout each adapter keeps its own copy of its input: can be more
+        assert measured < saved_bytes(config, 128, 4, checkpointing=False)  # than full fine-tuning keeps

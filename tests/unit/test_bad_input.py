@@ -11,6 +11,7 @@ installed console script, one of them on a real Ray.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import json
 from dataclasses import dataclass, field
@@ -385,6 +386,44 @@ CASES: list[Case] = [
     *both("model.config", {**TINY_GPT2, "n_head": 0}, "model.config.n_head", "must be a positive integer (got 0)"),
     *both("model.config", {"model_type": "t5"}, "model.config.model_type", "'t5' is not a causal language model"),
     *both("data.sequence_length", 256, "data.sequence_length", "must be at most model.config.n_positions (128)"),
+    # the model's options: LoRA adapters (peft), the attention implementation
+    *both("model.peft", {"method": "ia3"}, "model.peft.method", "Input should be 'lora' (got 'ia3')"),
+    *both("model.peft", {"r": 0}, "model.peft.r", f"{POSITIVE} (got 0)"),
+    *both("model.peft", {"r": -4}, "model.peft.r", f"{POSITIVE} (got -4)"),
+    *both("model.peft", {"alpha": 0}, "model.peft.alpha", f"{POSITIVE} (got 0)"),
+    *both("model.peft", {"dropout": 1.0}, "model.peft.dropout", "Input should be less than 1 (got 1.0)"),
+    *both("model.peft", {"rank": 8}, "model.peft.rank", "unknown key; allowed here: method, r, alpha, dropout, target"),
+    *both("model.peft", "lora", "model.peft", "Input should be a valid dictionary or instance of PeftSection"),
+    *both("model.peft", {"target_modules": []}, "model.peft.target_modules", "must list at least one module name"),
+    *both(
+        "model.peft",
+        {"target_modules": ["q_proj", "v_proj"]},
+        "model.peft.target_modules",
+        "['q_proj', 'v_proj'] matches no module; its linear layers: c_attn, c_fc, c_proj, lm_head",
+    ),
+    *both(
+        "model.peft",
+        {"target_modules": ["c_attn", "q_proj"]},
+        "model.peft.target_modules",
+        "'q_proj' matches no module; its linear layers: c_attn, c_fc, c_proj, lm_head",
+    ),
+    *both(
+        "model.peft",
+        {"target_modules": ["ln_1"]},
+        "model.peft.target_modules",
+        "['ln_1'] names a LayerNorm, which peft cannot adapt (it adapts linear, embedding and convolution layers)",
+    ),
+    *both("model.attn_implementation", "flash", "model.attn_implementation", "Input should be 'sdpa', 'eager' or 'fl"),
+    *(
+        []
+        if importlib.util.find_spec("flash_attn")
+        else both(
+            "model.attn_implementation",
+            "flash_attention_2",
+            "model.attn_implementation",
+            "flash_attention_2 needs the flash_attn package, which is not installed; use sdpa or eager",
+        )
+    ),
     # the search
     *both("search.sampler", "bayes", "search.sampler", "Input should be 'grid', 'random', 'tpe' or 'guided'"),
     *both("search.objective", "speed", "search.objective", "Input should be 'tokens_per_s', 'samples_per_s'"),

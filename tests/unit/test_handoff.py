@@ -69,3 +69,21 @@ def test_hf_arguments_match_every_value_trainer_checks() -> None:
     assert code.startswith("TrainingArguments(") and "per_device_train_batch_size=2," in code
     fp16 = hf_training_args(measured(Point(2, 0), precision="fp16"), "x.json")
     assert fp16["fp16"] is True and fp16["bf16"] is False and fp16["gradient_checkpointing"] is False
+
+
+def test_lora_settings_travel_as_peft_arguments_and_print_as_the_wrapping() -> None:
+    from tuner.export import model_options
+    from tuner.handoff import lora_config_code
+
+    peft = {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    options = model_options({"config": {"model_type": "llama"}, "peft": peft, "attn_implementation": "eager"})
+    kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "task_type": "CAUSAL_LM",
+              "target_modules": ["q_proj", "v_proj"]}  # fmt: skip
+    assert options == {"attn_implementation": "eager", "peft": peft, "lora_config": kwargs}
+    from peft import LoraConfig
+
+    LoraConfig(**options["lora_config"])  # peft takes them as they are
+    code = lora_config_code(kwargs)
+    assert code.startswith("from peft import LoraConfig, get_peft_model\n\nmodel = get_peft_model(model, LoraConfig(")
+    assert "    lora_alpha=32," in code
+    assert model_options({"config": {}}) == {"attn_implementation": None, "peft": None, "lora_config": None}

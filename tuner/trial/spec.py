@@ -43,6 +43,7 @@ class TrialSpec:
     script_env: dict[str, str] = field(default_factory=dict)
     world_size: int = 1
     data: dict[str, Any] = field(default_factory=dict)  # the space's data section less sequence_length; {}: synthetic
+    model_options: dict[str, Any] = field(default_factory=dict)  # attn_implementation, peft (ModelSection.options)
 
     @classmethod
     def build(
@@ -77,6 +78,7 @@ class TrialSpec:
             script_env=dict(space.workload.env) if space.workload else {},
             world_size=ranks,
             data=space.data.model_dump(exclude={"sequence_length"}),
+            model_options=space.model.options() if space.model else {},
         )
 
     def replace(self, **changes: Any) -> TrialSpec:

@@ -131,9 +131,9 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     ds_config = spec.ds_config
     phase[0] = "build"
     if (ds_config.get("zero_optimization") or {}).get("stage") == 3:
-        model = hf_causal_lm.build_partitioned_model(spec.model_config, spec.seed, ds_config)
+        model = hf_causal_lm.build_partitioned_model(spec.model_config, spec.seed, ds_config, spec.model_options)
     else:
-        model = hf_causal_lm.build_model(spec.model_config, seed=spec.seed)
+        model = hf_causal_lm.build_model(spec.model_config, seed=spec.seed, options=spec.model_options)
     if spec.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     facts = hf_causal_lm.model_facts(model)

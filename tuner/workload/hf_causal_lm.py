@@ -83,13 +83,16 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def validate_model_config(model_config: dict[str, Any], sequence_length: int | None) -> None:
+def validate_model_config(
+    model_config: dict[str, Any], sequence_length: int | None, options: dict[str, Any] | None = None
+) -> None:
     """Raise SpaceError (naming model.config, or its field) for a config transformers would reject.
 
     transformers 5 checks a config's fields and architecture (`validate_architecture`) in its constructor,
     some architectures only when the model is built, and a few mismatches only in the forward pass. All of
     those run here before anything is written: the config, then the model on the meta device (shapes only,
     milliseconds even for 70B), then what the forward pass would hit (key/value heads, learned positions).
+    `options` (model.attn_implementation, model.peft) are built on the meta device too.
     """
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -117,6 +120,7 @@ def validate_model_config(model_config: dict[str, Any], sequence_length: int | N
         raise SpaceError(_named_key(model_config, exc), f"transformers rejects it: {_one_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    _validate_options(model, model_config, options or {})
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
         key = _user_key(model_config, aliases, "num_key_value_heads") or "num_key_value_heads"
@@ -138,6 +142,48 @@ def validate_model_config(model_config: dict[str, Any], sequence_length: int | N
         )
 
 
+def _validate_options(model: Any, model_config: dict[str, Any], options: dict[str, Any]) -> None:
+    """The attention implementation transformers must accept for the architecture; the adapters peft must
+    attach (each target module found), both on the meta device."""
+    attention = options.get("attn_implementation")
+    if attention:
+        try:
+            with torch.device("meta"):
+                _base_model(model_config, 0, {"attn_implementation": attention})
+        except Exception as exc:  # transformers' refusal (e.g. no SDPA for this architecture)
+            raise SpaceError("model.attn_implementation", f"transformers rejects it: {_one_line(exc)}") from None
+    peft = options.get("peft")
+    if not peft:
+        return
+    from tuner.workload.adapters import apply_peft, linear_names
+
+    names = ", ".join(linear_names(model))
+    targets = peft.get("target_modules")
+    try:
+        with torch.device("meta"):
+            wrapped = apply_peft(model, peft, 0)
+    except Exception as exc:  # peft's refusal: no target matches, or a module type it cannot adapt
+        if type(exc).__name__ == "NoMatchingPeftModuleError" or "not found in the base model" in str(exc):
+            what = targets if targets is not None else f"peft's default for {model_config['model_type']}"
+            raise SpaceError(
+                "model.peft.target_modules", f"{what} matches no module; its linear layers: {names}"
+            ) from None
+        kind = re.match(r"Target module (\w+)", str(exc))
+        if kind:  # a module peft has no adapter for (a norm, a dropout, a whole block)
+            raise SpaceError(
+                "model.peft.target_modules",
+                f"{targets} names a {kind.group(1)}, which peft cannot adapt (it adapts linear, embedding and "
+                f"convolution layers); the model's linear layers: {names}",
+            ) from None
+        raise SpaceError(
+            "model.peft", f"peft rejects it: {_one_line(exc)} (the model's linear layers: {names})"
+        ) from None
+    adapted = [path for path, m in wrapped.named_modules() if hasattr(m, "lora_A")]
+    for target in targets if isinstance(targets, list) else []:  # peft itself only needs one of them to match
+        if not any(path == target or path.endswith("." + target) for path in adapted):
+            raise SpaceError("model.peft.target_modules", f"{target!r} matches no module; its linear layers: {names}")
+
+
 def import_model_code(model_config: dict[str, Any]) -> None:
     """Import the architecture's modeling module (transformers imports it lazily on first build)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -145,30 +191,50 @@ def import_model_code(model_config: dict[str, Any]) -> None:
     MODEL_FOR_CAUSAL_LM_MAPPING[type(build_config(model_config))]
 
 
-def build_model(model_config: dict[str, Any], seed: int) -> Any:
-    """The causal LM (a transformers PreTrainedModel) for `model_config`, in fp32, with seeded random weights."""
+def _base_model(model_config: dict[str, Any], seed: int, options: dict[str, Any] | None) -> Any:
+    """The transformers model with seeded random weights and the space's attention implementation."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = build_config(model_config)
     config.use_cache = False  # a KV cache is for generation; training only pays for it
-    return AutoModelForCausalLM.from_config(config)
+    attention = (options or {}).get("attn_implementation")
+    return AutoModelForCausalLM.from_config(config, **({"attn_implementation": attention} if attention else {}))
 
 
-def build_partitioned_model(model_config: dict[str, Any], seed: int, ds_config: dict[str, Any]) -> Any:
+def _with_adapters(model: Any, seed: int, options: dict[str, Any] | None) -> Any:
+    """The model wrapped with the space's LoRA adapters (model.peft), or as it is."""
+    peft = (options or {}).get("peft")
+    if not peft:
+        return model
+    from tuner.workload.adapters import apply_peft
+
+    return apply_peft(model, peft, seed)
+
+
+def build_model(model_config: dict[str, Any], seed: int, options: dict[str, Any] | None = None) -> Any:
+    """The causal LM for `model_config`, in fp32, with seeded random weights; `options` (the space's model section
+    besides its config: attn_implementation, peft) pick the attention kernel and wrap it with LoRA adapters."""
+    return _with_adapters(_base_model(model_config, seed, options), seed, options)
+
+
+def build_partitioned_model(
+    model_config: dict[str, Any], seed: int, ds_config: dict[str, Any], options: dict[str, Any] | None = None
+) -> Any:
     """The model built already partitioned by ZeRO-3 (deepspeed.zero.Init): no rank ever holds it whole.
 
     transformers initialises weights after construction, when zero.Init has partitioned them away, so each
     module's own parameters are gathered in turn (at most one module whole at a time) and initialised on
     rank 0, which DeepSpeed then scatters. torch._dynamo's polyfills must be imported first: they check
-    torch.Tensor.__new__'s signature, which zero.Init patches (torch 2.13).
+    torch.Tensor.__new__'s signature, which zero.Init patches (torch 2.13). LoRA adapters are attached
+    afterwards (tuner.workload.adapters.apply_peft): deepspeed.initialize partitions them.
     """
     import deepspeed
     import torch._dynamo.polyfills.loader
     import torch.distributed as dist
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = build_model(model_config, seed)
+        model = _base_model(model_config, seed, options)
     torch.manual_seed(seed)
     for module in model.modules():
         own = list(module.parameters(recurse=False))
@@ -176,7 +242,7 @@ def build_partitioned_model(model_config: dict[str, Any], seed: int, ds_config: 
             with deepspeed.zero.GatheredParameters(own, modifier_rank=0), torch.no_grad():
                 if dist.get_rank() == 0:
                     model._init_weights(module)
-    return model
+    return _with_adapters(model, seed, options)
 
 
 def _numel(param: torch.nn.Parameter) -> int:
@@ -188,17 +254,26 @@ def model_facts(model: Any) -> dict[str, int]:
     """What the FLOPs formula needs, counted from the model itself (full sizes, also under zero.Init).
 
     matmul_parameters: every parameter except embedding lookups, plus the output projection when it is
-    tied to the input embedding (the logits are computed all the same).
+    tied to the input embedding (the logits are computed all the same). trainable_parameters: those with
+    gradients (all, or LoRA's adapters); trainable_matmul_parameters: the matmul ones among them (weight
+    gradients, tuner.flops).
     """
     total = sum(_numel(p) for p in model.parameters())
-    embedding = sum(_numel(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    embeddings = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
+    embedding = sum(_numel(p) for p in embeddings)
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is model.get_input_embeddings().weight
+    tied_output = _numel(output.weight) if tied else 0
+    trained_output = tied_output if tied and output.weight.requires_grad else 0
+    trained_embedding = sum(_numel(p) for p in embeddings if p.requires_grad)
     config = model.config
     return {
         "num_parameters": total,
+        "trainable_parameters": trainable,
         "embedding_parameters": embedding,
-        "matmul_parameters": total - embedding + (_numel(output.weight) if tied else 0),
+        "matmul_parameters": total - embedding + tied_output,
+        "trainable_matmul_parameters": trainable - trained_embedding + trained_output,
         "num_layers": int(config.num_hidden_layers),
         "hidden_size": int(config.hidden_size),
     }
@@ -210,14 +285,16 @@ def _blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     return max(lists, key=len)
 
 
-def model_shape(model_config: dict[str, Any]) -> ModelShape:
-    """Count the architecture on PyTorch's meta device: shapes only, no memory, so a 70B model plans anywhere."""
-    from transformers import AutoModelForCausalLM
+def model_shape(model_config: dict[str, Any], options: dict[str, Any] | None = None) -> ModelShape:
+    """Count the architecture on PyTorch's meta device: shapes only, no memory, so a 70B model plans anywhere.
 
-    config = build_config(model_config)
-    config.use_cache = False
+    With `options` (ModelSection.options) the model is built as the trials build it: the attention
+    implementation, and LoRA adapters attached (their trainable parameters, what the frozen base keeps).
+    """
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = _base_model(model_config, 0, options)
+        config = model.config
+        model = _with_adapters(model, 0, options)
     facts = model_facts(model)
     heads = int(config.num_attention_heads)
     hidden = facts["hidden_size"]
@@ -232,6 +309,11 @@ def model_shape(model_config: dict[str, Any]) -> ModelShape:
     hidden_dropout = any(float(getattr(config, key, 0.0) or 0.0) > 0 for key in DROPOUT_KEYS)
     norm_fp32 = any("RMSNorm" in type(m).__name__ for m in model.modules())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    adapters = None
+    if (options or {}).get("peft"):
+        from tuner.workload.adapters import adapters_shape
+
+        adapters = adapters_shape(model, _blocks(model)[0], int(intermediate), (options or {})["peft"])
     return ModelShape(
         model_type=str(config.model_type),
         num_parameters=facts["num_parameters"],
@@ -251,6 +333,7 @@ def model_shape(model_config: dict[str, Any]) -> ModelShape:
         attention=str(getattr(config, "_attn_implementation", None) or "eager"),
         attention_dropout=attention_dropout > 0,
         hidden_dropout=hidden_dropout,
+        adapters=adapters,
     )
 
 
