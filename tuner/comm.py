@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuner.knobs import COMM
+from tuner.parallel import Context
 from tuner.points import Point
 
 
@@ -29,7 +30,7 @@ def next_comm_point(
     for k in COMM:
         if k.name not in lists or best_main.zero_stage not in k.stages:
             continue
-        values = [v for v in lists[k.name] if not (k.ranks_rule and k.ranks_rule(v, ranks))]
+        values = [v for v in lists[k.name] if not (k.rule and k.rule(v, best_main.values(), Context(ranks)))]
         candidates = [current.with_knob(k.name, value) for value in values]
         for candidate in candidates:
             if candidate not in measured:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from tuner.knobs import BY_NAME, MAIN, OFFLOAD_SECTIONS, OPTIMIZER_OFFLOAD
+from tuner.parallel import data_parallel, deepspeed_world
 from tuner.points import Point, grad_accum
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
@@ -48,11 +49,18 @@ def build_ds_config(
     precision: str,
     accelerator: Literal["cuda", "cpu"],
 ) -> dict[str, Any]:
-    """The complete DeepSpeed config for `point` with `ranks` data-parallel ranks: every knob it sets written
-    by its declaration (tuner.knobs), over the base config."""
-    accum = grad_accum(global_batch, point.micro_batch_size, ranks)
+    """The complete DeepSpeed config for `point` on `ranks` ranks: every knob it sets written by its declaration
+    (tuner.knobs), over the base config.
+
+    `global_batch` samples per optimizer step over the data-parallel ranks (tuner.parallel); DeepSpeed's own
+    `train_batch_size` counts its batch over all ranks under AutoTP and over ranks / sp under Ulysses, so it is
+    micro x accumulation x that world (the global batch times tp under AutoTP).
+    """
+    values = point.values()
+    accum = grad_accum(global_batch, point.micro_batch_size, data_parallel(values, ranks))
     if accum is None:
         raise ValueError(f"{point.label()} cannot keep global batch {global_batch} on {ranks} ranks")
+    deepspeed_batch = point.micro_batch_size * accum * deepspeed_world(values, ranks)
     config = copy.deepcopy(base)
     config.setdefault("optimizer", copy.deepcopy(DEFAULT_OPTIMIZER))
     config.setdefault("steps_per_print", 1_000_000)  # a trial's own timing is the report; keep logs quiet
@@ -60,8 +68,13 @@ def build_ds_config(
     if isinstance(zero_base, dict):  # what the main knobs set (stage, offload) must not leak from the base
         owned = {path[1] for k in MAIN for path in k.paths if path[0] == "zero_optimization"}
         config["zero_optimization"] = {k: v for k, v in zero_base.items() if k not in owned}
-    tuned = {"train_batch_size": global_batch, "gradient_accumulation_steps": accum, **_precision_sections(precision)}
-    config = apply_knobs(_merge(config, tuned), point.items(), accelerator)
+    tuned = {
+        "train_batch_size": deepspeed_batch,
+        "gradient_accumulation_steps": accum,
+        **_precision_sections(precision),
+    }
+    unset = [(k.name, k.neutral) for k in MAIN if k.optional and k.name not in values]  # a base's tp goes too
+    config = apply_knobs(_merge(config, tuned), [*point.items(), *unset], accelerator)
     return retarget(config, accelerator, base)[0]
 
 

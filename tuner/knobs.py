@@ -17,10 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tuner.parallel import Context, sp_problem, tp_problem
+
 Phase = Literal["main", "comm"]
 Memory = Literal["more", "less", "same", "learned", "none"]  # the larger value needs ... device memory
-Work = Literal["adds", "same", "zero_stage", "none"]  # the larger value ... work to a step
+Work = Literal["adds", "more", "same", "zero_stage", "none"]  # the larger value ... work to a step
 Writer = Callable[[dict[str, Any], Any, str], None]  # (ds_config, value, accelerator)
+Rule = Callable[[Any, Mapping[str, Any], Context], "str | None"]  # (value, the point's values, context)
 
 
 def _zero(config: dict[str, Any]) -> dict[str, Any]:
@@ -58,10 +61,28 @@ def _checkpointing(config: dict[str, Any], value: Any, accelerator: str) -> None
         config.pop("activation_checkpointing", None)
 
 
-def _divides_ranks(value: Any, ranks: int) -> str | None:
-    if ranks % value:
-        return f"zero_hpz_partition_size {value} does not divide the {ranks} ranks"
+def _divides_ranks(value: Any, values: Mapping[str, Any], ctx: Context) -> str | None:
+    if ctx.ranks % value:
+        return f"zero_hpz_partition_size {value} does not divide the {ctx.ranks} ranks"
     return None
+
+
+def _tensor_parallel(config: dict[str, Any], value: Any, accelerator: str) -> None:
+    if value > 1:  # DeepSpeed's AutoTP training: the model handed over whole, its linear layers sharded
+        config.setdefault("tensor_parallel", {})["autotp_size"] = value
+    else:
+        config.pop("tensor_parallel", None)
+
+
+def _sequence_parallel(config: dict[str, Any], value: Any, accelerator: str) -> None:
+    if value > 1:  # Ulysses: the engine learns it from the mpu the workload registers; kept for the export
+        config["sequence_parallel_size"] = value
+    else:
+        config.pop("sequence_parallel_size", None)
+
+
+def _workload_only(config: dict[str, Any], value: Any, accelerator: str) -> None:
+    """Knobs the workload applies (the model's code, the data): nothing in the ds_config."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,9 @@ class Knob:
     short: str = ""  # the label's prefix: mb8, z3, opt=cpu; a bool's label is `short` when true
     always: bool = False  # labelled even at its neutral value (z0)
     stages: tuple[int, ...] = (0, 1, 2, 3)  # ZeRO stages whose DeepSpeed code reads it
-    ranks_rule: Callable[[Any, int], str | None] | None = None  # what the value needs of the rank count
+    rule: Rule | None = None  # what the value needs of the other knobs, the ranks and the model (tuner.parallel)
+    section: str = "space"  # where the YAML lists it: space, or data (data.sequence_length as a list)
+    optional: bool = False  # a main knob a point leaves out at its neutral value (old stores stay readable)
     paths: tuple[tuple[str, ...], ...] = ()  # the ds_config keys it replaces (a base config's are dropped)
     memory: Memory = "none"
     work: Work = "none"
@@ -135,6 +158,34 @@ KNOBS: tuple[Knob, ...] = (
         workload_note="Enable activation checkpointing in the model (transformers: "
         "model.gradient_checkpointing_enable())",
     ),
+    Knob(
+        "tensor_parallel_size", int, "AutoTP: ranks each layer's linear layers are sharded over (within a node).",
+        _tensor_parallel, default=(1,), neutral=1, short="tp", paths=(("tensor_parallel", "autotp_size"),),
+        rule=tp_problem, optional=True, memory="less", work="more", code_path=True,
+    ),
+    Knob(
+        "sequence_parallel_size", int, "Ulysses: ranks each sample's sequence is split over (HF models, sdpa).",
+        _sequence_parallel, default=(1,), neutral=1, short="sp", paths=(("sequence_parallel_size",),),
+        rule=sp_problem, optional=True, memory="less", work="more", code_path=True,
+    ),
+    Knob(
+        "tiled_mlp", bool, "DeepSpeed's TiledMLP: each layer's MLP computed in sequence tiles (long sequences).",
+        _workload_only, choices=(False, True), default=(False,), neutral=False, short="tmlp", optional=True,
+        memory="less", work="adds",
+        workload_note="Tile the MLP: DeepSpeed's TiledMLP (deepspeed/runtime/sequence_parallel/ulysses_sp.py) in "
+        "the model's MLP forward",
+    ),
+    Knob(
+        "tiled_logits", bool, "DeepSpeed's TiledFusedLogitsLoss: logits and loss computed in sequence tiles.",
+        _workload_only, choices=(False, True), default=(False,), neutral=False, short="tlog", optional=True,
+        memory="less", work="adds",
+        workload_note="Compute logits and loss in tiles: DeepSpeed's TiledFusedLogitsLoss over the final hidden "
+        "states",
+    ),
+    Knob(
+        "sequence_length", int, "Tokens per sample, searched when data.sequence_length lists several.",
+        _workload_only, short="s", always=True, section="data", optional=True, memory="more", work="same",
+    ),
     # The communication phase: searched one knob at a time at the best main point (tuner.comm); unset means
     # DeepSpeed's default or the base config's value. Stages: which ZeRO code reads it (deepspeed/runtime/zero).
     Knob("overlap_comm", bool, "Overlap gradient reduction with the backward pass.", _zero_key("overlap_comm"),
@@ -159,7 +210,7 @@ KNOBS: tuple[Knob, ...] = (
          _zero_key("zero_quantized_gradients"), phase="comm", choices=(False, True), neutral=False,
          stages=(3,), cpu_kernel=False),
     Knob("zero_hpz_partition_size", int, "hpZ: ranks per secondary parameter partition (1: off).",
-         _zero_key("zero_hpz_partition_size"), phase="comm", neutral=1, stages=(3,), ranks_rule=_divides_ranks),
+         _zero_key("zero_hpz_partition_size"), phase="comm", neutral=1, stages=(3,), rule=_divides_ranks),
 )  # fmt: skip
 
 BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
@@ -190,13 +241,13 @@ def stage_problem(name: str, value: Any, stage: int) -> str | None:
     return f"{name} needs zero_stage {' or '.join(map(str, k.stages))}"
 
 
-def invalid_reason(values: Mapping[str, Any], ranks: int) -> str | None:
-    """Why a point with these knob values can never run on `ranks` ranks (the batch aside), or None."""
+def invalid_reason(values: Mapping[str, Any], ctx: Context) -> str | None:
+    """Why a point with these knob values can never run in `ctx` (the batch aside), or None."""
     stage = int(values.get("zero_stage", 0))
     # the narrowest rule first: parameter offload (ZeRO 3 only) is named before optimizer offload (ZeRO 1+)
     for name, value in sorted(values.items(), key=lambda kv: len(BY_NAME[kv[0]].stages)):
         k = BY_NAME[name]
-        problem = stage_problem(name, value, stage) or (k.ranks_rule(value, ranks) if k.ranks_rule else None)
+        problem = stage_problem(name, value, stage) or (k.rule(value, values, ctx) if k.rule else None)
         if problem:
             return problem
     return None
@@ -204,17 +255,17 @@ def invalid_reason(values: Mapping[str, Any], ranks: int) -> str | None:
 
 def family_key(values: Mapping[str, Any]) -> tuple[Any, ...]:
     """The main knobs but the scale (micro-batch): a family's throughput rises with the scale knob."""
-    return tuple(values[k.name] for k in MAIN if not k.scale)
+    return tuple(values.get(k.name, k.neutral) for k in MAIN if not k.scale)
 
 
 def code_path_key(values: Mapping[str, Any]) -> tuple[Any, ...]:
     """The knobs that pick DeepSpeed's code path (ZeRO stage, offload): calibration's families."""
-    return tuple(values[k.name] for k in MAIN if k.code_path)
+    return tuple(values.get(k.name, k.neutral) for k in MAIN if k.code_path)
 
 
 def family_label(values: Mapping[str, Any]) -> str:
     """A family in words for plots: `z3 opt=cpu ckpt`."""
-    return " ".join(text for k in MAIN if not k.scale and (text := k.label(values[k.name])))
+    return " ".join(text for k in MAIN if not k.scale and k.name in values and (text := k.label(values[k.name])))
 
 
 def unsupported_on(values: Mapping[str, Any], accelerator: str) -> list[str]:

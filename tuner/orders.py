@@ -54,6 +54,10 @@ def needs_at_least(hungry: Point, than: Point, direction: int, on_device: bool =
     """True when `hungry` needs at least the memory of `than` on every axis the trials or the registry order."""
     for k in MAIN:
         a, b = getattr(hungry, k.name), getattr(than, k.name)
+        if a is None or b is None:  # an optional knob (the sequence length) a point leaves out
+            if a != b:
+                return False
+            continue
         if k.memory == "more" and not a >= b:
             return False
         if k.memory == "less" and not a <= b:
@@ -86,14 +90,19 @@ def at_least_as_fast(fast: Point, slow: Point, offload_is_slower: bool = True) -
         elif k.work == "adds" and _counts(k, offload_is_slower):
             if a != k.neutral and a != b:
                 return False  # `fast` does work `slow` does not (or other work)
+        elif k.work == "more":
+            if not a <= b:
+                return False  # more tensor or sequence parallelism: more communication per step
         elif a != b:
             return False
     return True
 
 
 def work_key(point: Point) -> tuple[int, ...]:
-    """Less work first: the work-adding knobs set (those that add on every machine first), then the stage."""
+    """Less work first: the parallel sizes, the work-adding knobs set (those that add on every machine
+    first), then the stage."""
+    more = sum(int(getattr(point, k.name)) for k in MAIN if k.work == "more")
     everywhere = sum(getattr(point, k.name) != k.neutral for k in MAIN if k.work == "adds" and not k.device_only)
     device = sum(getattr(point, k.name) != k.neutral for k in MAIN if k.work == "adds" and k.device_only)
     stages = [int(getattr(point, k.name)) for k in MAIN if k.work == "zero_stage"]
-    return (everywhere, device, *stages)
+    return (more, everywhere, device, *stages)

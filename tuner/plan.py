@@ -20,11 +20,11 @@ from tuner.space import Space
 
 def estimate_setup(space: Space, accelerator: str) -> Setup:
     """The memory model's inputs that come from the space (not the point)."""
-    assert space.data.sequence_length is not None, "the memory model needs the sequence length"
+    assert space.data.lengths, "the memory model needs the sequence length"
     return Setup(
         ranks=space.hardware.gpus_per_trial,
         ranks_per_node=space.hardware.ranks_per_node,  # host memory is per node: a trial over 4 nodes has 1/4 each
-        sequence_length=space.data.sequence_length,
+        sequence_length=space.data.fixed_length or max(space.data.lengths),  # a point may set its own
         precision=space.training.precision,
         accelerator="cuda" if accelerator == "cuda" else "cpu",
         buckets=Buckets.from_config(space.base_config_dict),

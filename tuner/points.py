@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.knobs import BY_NAME, COMM_NAMES, KNOBS, MAIN, MAIN_NAMES
 from tuner.knobs import invalid_reason as knob_problem
+from tuner.parallel import Context, data_parallel, sizes
 
 if TYPE_CHECKING:
     from tuner.space import Space
@@ -46,7 +47,9 @@ class Point:
                 raise TypeError(f"knob {name!r} given twice")
             given[name] = value
         for k in MAIN:
-            if k.name not in given:
+            if k.optional and given.get(k.name, k.neutral) == k.neutral:
+                given.pop(k.name, None)  # a knob the space does not vary: the point leaves it out
+            elif k.name not in given:
                 if k.neutral is None:
                     raise TypeError(f"missing knob {k.name!r}")
                 given[k.name] = k.neutral
@@ -121,20 +124,27 @@ def _rebuild(values: tuple[tuple[str, Any], ...]) -> Point:
     return Point(**dict(values))
 
 
-def grad_accum(global_batch: int, micro_batch: int, ranks: int) -> int | None:
-    """Gradient-accumulation steps that keep the global batch fixed, or None when it cannot divide."""
-    per_step = micro_batch * ranks
+def grad_accum(global_batch: int, micro_batch: int, data_parallel: int) -> int | None:
+    """Gradient-accumulation steps that keep the global batch fixed over the data-parallel ranks, or None."""
+    per_step = micro_batch * data_parallel
     return global_batch // per_step if global_batch % per_step == 0 else None
 
 
-def invalid_reason(point: Point, global_batch: int, ranks: int) -> str | None:
-    """Why `point` can never run, in words, or None when it is valid."""
-    if grad_accum(global_batch, point.micro_batch_size, ranks) is None:
-        return (
-            f"micro_batch_size {point.micro_batch_size} x {ranks} ranks does not divide "
-            f"global_batch_size {global_batch}"
-        )
-    return knob_problem(point.values(), ranks)
+def point_accum(point: Point, global_batch: int, ranks: int) -> int | None:
+    """The point's accumulation: the global batch over its micro-batch and data-parallel ranks."""
+    return grad_accum(global_batch, point.micro_batch_size, data_parallel(point.values(), ranks))
+
+
+def invalid_reason(point: Point, global_batch: int, ctx: Context) -> str | None:
+    """Why `point` can never run, in words, or None when it is valid: the batch arithmetic first (once the
+    parallel sizes leave whole data-parallel ranks), then each knob's own rules."""
+    values = point.values()
+    tp, sp = sizes(values)
+    if ctx.ranks % (tp * sp) == 0 and point_accum(point, global_batch, ctx.ranks) is None:
+        dp = data_parallel(values, ctx.ranks)
+        ranks = f"{dp} data-parallel ranks" if dp != ctx.ranks else f"{ctx.ranks} ranks"
+        return f"micro_batch_size {point.micro_batch_size} x {ranks} does not divide global_batch_size {global_batch}"
+    return knob_problem(values, ctx)
 
 
 @dataclass(frozen=True)
@@ -153,10 +163,16 @@ def enumerate_points(space: Space) -> Enumeration:
     """Every combination of the space's main-knob lists, split into valid and dropped."""
     valid: list[Point] = []
     dropped: list[tuple[Point, str]] = []
-    lists = [space.space.values_of(name) for name in MAIN_NAMES]
+    lists = [space.knob_values(name) for name in MAIN_NAMES]
+    ctx = space.context()
     for combo in itertools.product(*lists):
         point = Point(*combo)
-        reason = invalid_reason(point, space.training.global_batch_size, space.hardware.gpus_per_trial)
+        global_batch = space.global_batch_of(point.values())
+        reason = (
+            invalid_reason(point, global_batch, ctx)
+            if global_batch
+            else f"training.keep_fixed tokens leaves no whole sample at sequence_length {point.sequence_length}"
+        )
         if reason is None:
             valid.append(point)
         else:

@@ -134,7 +134,8 @@ def check_base_config(space: Space, points: Sequence[Point], accelerator: str) -
     from tuner.export import check_with_deepspeed
 
     ds_config = build_ds_config(
-        base, point, global_batch=space.training.global_batch_size, ranks=space.hardware.gpus_per_trial,
+        base, point, global_batch=space.global_batch_of(point.values()) or space.training.global_batch_size,
+        ranks=space.hardware.gpus_per_trial,
         precision=space.training.precision, accelerator="cuda" if accelerator == "cuda" else "cpu",
     )  # fmt: skip
     ds_logger = logging.getLogger("DeepSpeed")

@@ -38,7 +38,9 @@ def suggest_point(trial: Trial, space: Space, valid: Sequence[Point], comm_knobs
         if k.name in (SCALE.name, STAGE):
             values[k.name] = trial.suggest_categorical(k.name, sorted({getattr(p, k.name) for p in valid}))
             continue
-        full = space.space.values_of(k.name)
+        full = space.knob_values(k.name)
+        if k.optional and full == [k.neutral]:
+            continue  # an optional knob the space does not search: the point leaves it out
         stage = values[STAGE]
         allowed = sorted({getattr(p, k.name) for p in valid if p.zero_stage == stage}, key=full.index)
         values[k.name] = trial.suggest_categorical(k.name, full) if allowed == full else allowed[0]

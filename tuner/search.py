@@ -137,7 +137,7 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
         p: build_ds_config(
             space.base_config_dict,
             p,
-            global_batch=space.training.global_batch_size,
+            global_batch=space.global_batch_of(p.values()) or space.training.global_batch_size,
             ranks=space.hardware.gpus_per_trial,
             precision=space.training.precision,
             accelerator="cuda" if accelerator == "cuda" else "cpu",

@@ -141,9 +141,34 @@ def _source_kind(info: ValidationInfo) -> str:
 class DataSection(_Section):
     """Where a trial's tokens come from. Every source gives the same shapes, so the plan does not change."""
 
-    sequence_length: PositiveInt | None = Field(
-        None, description="Tokens per sample (required for the built-in workload; for a script, tokens/s needs it)."
+    sequence_length: PositiveInt | list[PositiveInt] | None = Field(
+        None,
+        description="Tokens per sample (required for the built-in workload; for a script, tokens/s needs it); "
+        "a list searches each length as a knob (training.keep_fixed says what stays fixed).",
     )
+
+    @field_validator("sequence_length")
+    @classmethod
+    def _lengths(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must list at least one length")
+            if len(set(value)) != len(value):
+                raise ValueError("a length is listed twice")
+            return value[0] if len(value) == 1 else sorted(value)
+        return value
+
+    @property
+    def lengths(self) -> list[int]:
+        """Every length the space trains at (none for a script that states none)."""
+        value = self.sequence_length
+        return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+    @property
+    def fixed_length(self) -> int | None:
+        """The one length when the space does not search it."""
+        return self.sequence_length if isinstance(self.sequence_length, int) else None
+
     source: str = Field(
         "synthetic",
         min_length=1,
@@ -195,7 +220,14 @@ class DataSection(_Section):
 
 
 class TrainingSection(_Section):
-    global_batch_size: PositiveInt = Field(description="Samples per optimizer step, fixed across the space.")
+    global_batch_size: PositiveInt = Field(
+        description="Samples per optimizer step, fixed across the space (at the shortest data.sequence_length)."
+    )
+    keep_fixed: Literal["samples", "tokens"] = Field(
+        "samples",
+        description="With several data.sequence_length: samples keeps global_batch_size samples at every length; "
+        "tokens keeps its tokens at the shortest length (fewer samples at longer ones).",
+    )
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     base_config: str | dict[str, Any] | None = Field(
         None, description="The rest of the DeepSpeed config (optimizer, scheduler, ...): a path or a mapping."
@@ -314,7 +346,7 @@ class _SpaceBase(_Section):
 
 
 SpaceSection = create_model(  # type: ignore[call-overload]
-    "SpaceSection", __base__=_SpaceBase, **{k.name: _knob_field(k) for k in KNOBS}
+    "SpaceSection", __base__=_SpaceBase, **{k.name: _knob_field(k) for k in KNOBS if k.section == "space"}
 )
 
 

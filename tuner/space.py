@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -20,6 +21,8 @@ from pydantic import (
 )
 
 from tuner.errors import SpaceError
+from tuner.knobs import BY_NAME
+from tuner.parallel import Context
 from tuner.sections import (  # re-exported: the whole schema is one import away
     DataSection,
     HardwareSection,
@@ -88,7 +91,39 @@ class Space(_Section):
     @property
     def plans_memory(self) -> bool:
         """Whether the memory model can predict this space: a described model and its sequence length."""
-        return self.model is not None and self.data.sequence_length is not None
+        return self.model is not None and bool(self.data.lengths)
+
+    def knob_values(self, name: str) -> list[Any]:
+        """The values the space lists for knob `name` (tuner.knobs): under `space:`, or data.sequence_length."""
+        if BY_NAME[name].section == "data":  # searched only when several lengths are listed
+            return list(self.data.lengths) if self.data.fixed_length is None and self.data.lengths else [None]
+        return self.space.values_of(name)
+
+    def context(self) -> Context:
+        """What the parallelism rules judge a point against: the ranks, the model's heads, the sequence."""
+        config = self.model_config_dict
+        heads = config.get("num_attention_heads", config.get("n_head"))
+        kv = config.get("num_key_value_heads") or heads
+        return Context(
+            ranks=self.hardware.gpus_per_trial,
+            ranks_per_node=self.hardware.ranks_per_node,
+            heads=heads if isinstance(heads, int) else None,
+            kv_heads=kv if isinstance(kv, int) else None,
+            sequence_length=self.data.fixed_length,
+            attention=self.model.attn_implementation if self.model is not None else None,
+        )
+
+    def sequence_length_of(self, values: Mapping[str, Any]) -> int | None:
+        """A point's sequence length: its own when the space searches lengths, else the space's."""
+        return values.get("sequence_length") or self.data.fixed_length
+
+    def global_batch_of(self, values: Mapping[str, Any]) -> int | None:
+        """A point's samples per optimizer step; None when keeping the tokens fixed leaves no whole sample."""
+        batch, length = self.training.global_batch_size, values.get("sequence_length")
+        if self.training.keep_fixed == "samples" or length is None:
+            return batch
+        tokens = batch * min(self.data.lengths)
+        return tokens // length if tokens % length == 0 else None
 
     @property
     def model_config_dict(self) -> dict[str, Any]:
@@ -118,10 +153,13 @@ class Space(_Section):
         return self.directions[0]
 
 
+_UNION_TAG = re.compile(r"^(constrained-\w+|int|str|float|bool|none|list|dict)$|\[")
+
+
 def _first_error(exc: ValidationError, model: type[BaseModel]) -> SpaceError:
     """Turn pydantic's report into one line naming the YAML key and what is allowed."""
     err = exc.errors()[0]
-    loc = [str(part) for part in err["loc"] if "[" not in str(part)]  # not pydantic's union-member tags
+    loc = [str(part) for part in err["loc"] if not _UNION_TAG.search(str(part))]  # not pydantic's union tags
     key = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         owner: Any = model
@@ -177,7 +215,8 @@ def parse_space(raw: Any, default_study: str) -> Space:
         _check_storage(space.storage, "storage")
     _check_workload(space)
     if space.model is not None:
-        _check_model_config(space.model_config_dict, space.data.sequence_length, space.model.options())
+        longest = max(space.data.lengths) if space.data.lengths else None  # the position table must hold it
+        _check_model_config(space.model_config_dict, longest, space.model.options())
     return space
 
 
@@ -186,9 +225,9 @@ def _check_workload(space: Space) -> None:
     if space.workload is None:
         if space.model is None:
             raise SpaceError("model", "required key is missing (or run your own script: workload.script)")
-        if space.data.sequence_length is None:
+        if not space.data.lengths:
             raise SpaceError("data.sequence_length", "required key is missing")
-    elif space.data.sequence_length is None and "tokens_per_s" in space.objectives:
+    elif not space.data.lengths and "tokens_per_s" in space.objectives:
         raise SpaceError(
             "search.objective",
             "tokens_per_s needs data.sequence_length (the tokens in one of the script's samples); "

@@ -50,6 +50,10 @@ CHOICES = {
     "offload_optimizer": ["none", "cpu"],
     "offload_param": ["none", "cpu"],
     "activation_checkpointing": [False, True],
+    "tensor_parallel_size": [1, 2],
+    "sequence_parallel_size": [1, 2],
+    "tiled_mlp": [False, True],
+    "tiled_logits": [False, True],
 }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tuner.parallel import Context
 from tuner.points import Enumeration, Point, enumerate_points, grad_accum, invalid_reason
 from tuner.space import Space, parse_space
 
@@ -65,32 +66,32 @@ def test_grad_accum(global_batch: int, micro: int, ranks: int, accum: int | None
     ids=Point.label,
 )
 def test_valid_points_have_no_reason(point: Point) -> None:
-    assert invalid_reason(point, global_batch=8, ranks=2) is None
+    assert invalid_reason(point, 8, Context(2)) is None
 
 
 def test_micro_not_dividing_global_for_the_ranks() -> None:
     # 4 x 1 rank divides 8, 4 x 3 ranks does not.
-    assert invalid_reason(Point(4, 0), global_batch=8, ranks=1) is None
-    reason = invalid_reason(Point(4, 0), global_batch=8, ranks=3)
+    assert invalid_reason(Point(4, 0), 8, Context(1)) is None
+    reason = invalid_reason(Point(4, 0), 8, Context(3))
     assert reason == "micro_batch_size 4 x 3 ranks does not divide global_batch_size 8"
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_offload_param_below_stage_3(stage: int) -> None:
-    assert invalid_reason(Point(1, stage, offload_param="cpu"), global_batch=8, ranks=1) == PARAM_RULE
+    assert invalid_reason(Point(1, stage, offload_param="cpu"), 8, Context(1)) == PARAM_RULE
 
 
 def test_offload_optimizer_at_stage_0() -> None:
-    assert invalid_reason(Point(1, 0, offload_optimizer="cpu"), global_batch=8, ranks=1) == OPT_RULE
+    assert invalid_reason(Point(1, 0, offload_optimizer="cpu"), 8, Context(1)) == OPT_RULE
     for stage in (1, 2, 3):
-        assert invalid_reason(Point(1, stage, offload_optimizer="cpu"), global_batch=8, ranks=1) is None
+        assert invalid_reason(Point(1, stage, offload_optimizer="cpu"), 8, Context(1)) is None
 
 
 def test_reason_precedence() -> None:
     # The batch arithmetic is reported first, then offload_param, then offload_optimizer.
     both = Point(3, 0, offload_optimizer="cpu", offload_param="cpu")
-    assert DIVIDE in (invalid_reason(both, global_batch=8, ranks=1) or "")
-    assert invalid_reason(Point(1, 0, offload_optimizer="cpu", offload_param="cpu"), 8, 1) == PARAM_RULE
+    assert DIVIDE in (invalid_reason(both, 8, Context(1)) or "")
+    assert invalid_reason(Point(1, 0, offload_optimizer="cpu", offload_param="cpu"), 8, Context(1)) == PARAM_RULE
 
 
 # --- enumerate_points ----------------------------------------------------------------------------
@@ -121,8 +122,8 @@ def test_enumerate_counts_valid_and_dropped() -> None:
         (OPT_RULE, 2),
     ]
     for point, reason in enum.dropped:
-        assert invalid_reason(point, 8, 2) == reason
-    assert all(invalid_reason(point, 8, 2) is None for point in enum.valid)
+        assert invalid_reason(point, 8, Context(2)) == reason
+    assert all(invalid_reason(point, 8, Context(2)) is None for point in enum.valid)
 
 
 def test_enumerate_order_is_the_product_order() -> None:

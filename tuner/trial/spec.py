@@ -50,18 +50,19 @@ class TrialSpec:
         cls, space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
     ) -> TrialSpec:
         """The spec of `point` in `space`, with its complete ds_config."""
-        from tuner.points import grad_accum
+        from tuner.points import point_accum
 
-        ranks = space.hardware.gpus_per_trial
-        accum = grad_accum(space.training.global_batch_size, point.micro_batch_size, ranks)
-        assert accum is not None, f"{point.label()} is not a valid point for {ranks} ranks"
+        ranks, values = space.hardware.gpus_per_trial, point.values()
+        global_batch = space.global_batch_of(values)
+        accum = point_accum(point, global_batch, ranks) if global_batch else None
+        assert global_batch and accum is not None, f"{point.label()} is not a valid point for {ranks} ranks"
         return cls(
             model_config=space.model_config_dict,
-            sequence_length=space.data.sequence_length,
+            sequence_length=space.sequence_length_of(values),
             micro_batch_size=point.micro_batch_size,
             grad_accum=accum,
             activation_checkpointing=bool(point.activation_checkpointing),
-            global_batch_size=space.training.global_batch_size,
+            global_batch_size=global_batch,
             precision=space.training.precision,
             ds_config=ds_config,
             point=point.params(),

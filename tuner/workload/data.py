@@ -226,7 +226,8 @@ def take(opened: Opened, global_batch: int, seed: int, first: int, count: int) -
 def _length(section: DataSection) -> int:
     """The sequence length: the built-in workload always has one (tuner.space checks it)."""
     assert section.sequence_length is not None, "the built-in workload has a sequence length"
-    return section.sequence_length
+    length = section.sequence_length  # several (a searched knob): the data is checked at the longest
+    return max(length) if isinstance(length, list) else length
 
 
 def check(section: DataSection, model_config: dict[str, Any], global_batch: int, seed: int) -> DataSection:
