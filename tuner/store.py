@@ -47,6 +47,43 @@ def _sqlite_file(url: str) -> str | None:
     return "" if parsed.database in (None, "", ":memory:") else str(parsed.database)
 
 
+# Drivers tried, in order, for a URL that names none; SQLAlchemy's default comes first and is used when present.
+_DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("mysqldb", "pymysql"), "mariadb": ("mysqldb", "pymysql")}
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def with_installed_driver(url: str, key: str = "storage") -> str:
+    """`url` with a database driver that is installed: `postgresql://` means psycopg 3 to SQLAlchemy 2.x, which
+    a machine with only psycopg2 lacks (and `mysql://` means mysqlclient, a C build), so a URL naming no driver
+    takes whichever of the known ones imports. One that names its driver keeps it; a missing one is one line
+    naming the extra to install."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # open_storage reports it
+    backend = parsed.get_backend_name()
+    if backend not in _DRIVERS:
+        return url
+    named = "+" in parsed.drivername
+    candidates = (parsed.get_driver_name(),) if named else _DRIVERS[backend]
+    for driver in candidates:
+        candidate = parsed.set(drivername=f"{backend}+{driver}")
+        try:
+            candidate.get_dialect().import_dbapi()
+        except (ImportError, NoSuchModuleError):
+            continue
+        return url if named or driver == candidates[0] else candidate.render_as_string(hide_password=False)
+    extra = f'pip install "tuner[{_EXTRAS[backend]}]"'
+    if named and candidates[0] not in _DRIVERS[backend]:  # a driver the extras do not ship: the user's own
+        extra = f"pip install {candidates[0]}, or leave the driver out ({backend}://...) after {extra}"
+    raise SpaceError(
+        key, f"no {backend} driver is installed for {redact(url)} (tried {', '.join(candidates)}): {extra}"
+    )
+
+
 def open_storage(url: str, key: str = "storage", existing: bool = False) -> RDBStorage:
     """Connect (creating Optuna's tables if needed); an unusable URL is the user's error, on one line.
 
@@ -58,6 +95,7 @@ def open_storage(url: str, key: str = "storage", existing: bool = False) -> RDBS
         raise SpaceError(key, f"an in-memory SQLite store ({url}) holds no study: name the search's file")
     if path is not None and not Path(path).is_file():
         raise SpaceError(key, f"no SQLite store at {path}: tuner search writes it; or name another with --storage")
+    url = with_installed_driver(url, key)
     engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Wait for a lock instead of failing at once when optuna-dashboard reads the same file.

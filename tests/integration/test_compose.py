@@ -68,7 +68,7 @@ def test_the_compose_file_is_valid_and_takes_the_secrets_from_the_environment() 
     assert set(config["services"]) == {"postgres", "ray-head", "ray-worker", "dashboard"}
     for name in ("ray-head", "ray-worker", "dashboard"):
         environment = config["services"][name]["environment"]
-        assert environment["TUNER_STORAGE"].startswith("postgresql+psycopg2://tuner:from-env@")
+        assert environment["TUNER_STORAGE"].startswith("postgresql://tuner:from-env@")
         assert environment["RAY_AUTH_MODE"] == "token" and environment["RAY_AUTH_TOKEN"] == "token-from-env"
     for name in ("postgres", "dashboard"):  # published on the host's loopback only
         assert all(published(p).startswith("127.0.0.1:") for p in config["services"][name]["ports"]), name
