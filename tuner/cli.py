@@ -26,6 +26,13 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True, emoji=False)  # a message's `:x:` stays as written
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
+
+def _tables() -> Console:
+    """Where tables go: stdout at least 150 columns wide, so a pipe or a log (80 columns to rich) does not cut
+    a column to `COMPL…`."""
+    return Console(highlight=False, emoji=False, width=max(out.width, 150))
+
+
 StorageOpt = Annotated[
     str | None,
     typer.Option("--storage", envvar="TUNER_STORAGE", help="SQLAlchemy URL of the Optuna storage "
@@ -136,11 +143,11 @@ def search(
     from tuner.summary import best_line, failure_lines, front_table, summary_table
 
     ranking = rank_study(searched.study)  # the table, the front and the best line all in this one order
-    out.print(summary_table(searched.study, ranking), soft_wrap=False)
+    _tables().print(summary_table(searched.study, ranking), soft_wrap=False)
     if len(space.objectives) > 1:
         front = front_table(searched.study, space.objectives, ranking)
         out.print(f"Pareto front over {', '.join(space.objectives)}: {front.row_count} trial(s)", markup=False)
-        out.print(front, soft_wrap=False)
+        _tables().print(front, soft_wrap=False)
     failed = failure_lines(ranking)
     if failed:
         out.print("failures:\n" + "\n".join(failed), markup=False)

@@ -17,6 +17,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.knobs import MAIN, SCALE
+from tuner.notes import note_trial
 from tuner.orphans import OWNER, owner_tag
 from tuner.points import COMM_PREFIX, Point
 from tuner.result import TrialResult
@@ -56,6 +57,13 @@ class StudyRecorder:
         self.study, self.space, self.valid = study, space, tuple(valid)
         self.owner = owner_tag()
 
+    def _noted(self, trial: Trial) -> FrozenTrial:
+        """The ended trial as stored, with its optuna-dashboard note written (tuner.notes)."""
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            note_trial(self.study, frozen)
+        return frozen
+
     def ask(self, point: Point | None = None) -> Trial:
         """A new trial (of `point`, enqueued; else the study's sampler chooses), tagged with this search."""
         if point is not None:
@@ -82,6 +90,7 @@ class StudyRecorder:
         if again:
             trial.set_user_attr("duplicate_of", -1)  # proposed again; the earlier record stands
         self.study.tell(trial, state=TrialState.PRUNED)
+        self._noted(trial)
 
     def duplicate(self, trial: Trial, point: Point, earlier: FrozenTrial | None, skipped: bool) -> None:
         """TPE proposed a point already measured: reuse its value (Optuna's advice) without running it."""
@@ -98,6 +107,7 @@ class StudyRecorder:
             trial.set_user_attr("failure_category", Failure.DUPLICATE.value)
             trial.set_user_attr("failure_reason", "proposed a point already failed or running; not run again")
             self.study.tell(trial, state=TrialState.FAIL)
+        self._noted(trial)
 
     def finished(self, trial: Trial, outcome: TrialResult) -> FrozenTrial:
         """Write the figures and end the trial; whatever goes wrong, it must not stay RUNNING.
@@ -125,10 +135,11 @@ class StudyRecorder:
                 return self.study._storage.get_trial(trial._trial_id)  # ended elsewhere: that record stands
             self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
-        return self.study._storage.get_trial(trial._trial_id)
+        return self._noted(trial)
 
     def abandoned(self, trial: Trial, reason: str) -> None:
         """A trial Tune never finished (stopped or interrupted): FAIL `interrupted` with `reason`."""
         trial.set_user_attr("failure_category", Failure.INTERRUPTED.value)
         trial.set_user_attr("failure_reason", reason)
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        self._noted(trial)

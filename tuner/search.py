@@ -24,6 +24,7 @@ from tuner.devices import device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
 from tuner.heartbeat import Heartbeats, HeartbeatSettings
+from tuner.notes import name_metrics, note_study
 from tuner.orphans import reclaim_orphans
 from tuner.placement import (
     TrialShape,
@@ -179,6 +180,7 @@ def create_study(space: Space, storage: RDBStorage | None = None) -> optuna.Stud
     study.set_user_attr("objective", space.search.objective)
     study.set_user_attr("objectives", list(space.objectives))
     study.set_user_attr("space", json.loads(redact_text(space_document(space))))
+    name_metrics(study, space.objectives)
     return study
 
 
@@ -353,4 +355,5 @@ def run_search(
         abandoned = searcher.abandon_in_flight("the search stopped before the trial reported")
         beats.stop()
     record_ranking(study)
+    note_study(study, space.storage or "")
     return SearchRun(study, interrupted=abandoned > 0)

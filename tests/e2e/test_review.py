@@ -70,6 +70,7 @@ def test_what_the_memory_model_prunes_never_runs_and_no_prune_proves_it_out_of_m
     assert verdict == {"mb1 z0": True, "mb1 z2": True, "mb8 z0": False, "mb8 z2": False}
     first = (study_dir / "first-search.txt").read_text()
     assert "pruned trial" in first and "mb8 z0" in first
+    assert "…" not in first  # piped (80 columns to rich), the summary table keeps whole columns
 
     trials = load(study_dir).trials
     for trial in trials:
@@ -188,6 +189,13 @@ def test_dashboard_serves_the_store_on_localhost_and_stops_on_ctrl_c(study_dir: 
         assert attrs["failure_category"] == "oom"
         complete = next(t for t in detail["trials"] if t["state"] == "Complete")
         assert {"tokens_per_s", "peak_mem_gb", "ds_config"} <= {a["key"] for a in complete["user_attrs"]}
+        # what a reviewer reads first: the objective by name, each trial's note, the study's best and its export
+        assert detail["objective_names"] == ["tokens_per_s"]
+        assert "tokens/s · peak memory" in complete["note"]["body"]
+        assert failed["note"]["body"].startswith(f"**{attrs['point']}** · FAIL\n\noom: ")
+        pruned = next(t for t in detail["trials"] if t["state"] == "Pruned")
+        assert "not run: " in pruned["note"]["body"]
+        assert "tuner export --study review --storage" in detail["note"]["body"]
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
