@@ -19,11 +19,13 @@ sp); gradient accumulation keeps the global batch over them; ZeRO partitions ove
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 TP, SP, LENGTH = "tensor_parallel_size", "sequence_parallel_size", "sequence_length"
+LOGITS_TILE_BYTES = 2**30  # ArcticTraining's target: about 1 GiB of fp32 logits per tile
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,17 @@ def sp_problem(sp: int, values: Mapping[str, Any], ctx: Context) -> str | None:
     if ctx.attention == "eager":
         return "sequence_parallel_size needs sdpa or flash attention: DeepSpeed's Ulysses refuses eager"
     return None
+
+
+def mlp_tile_shards(local_sequence: int, hidden: int) -> int:
+    """Tiles DeepSpeed's TiledMLP splits a rank's sequence into: ceil(seq / hidden), each tile about as long as
+    the model is wide (the heuristic in TiledMLP's docstring, deepspeed/runtime/sequence_parallel/ulysses_sp.py,
+    and ArcticTraining's tiled_mlp_forward). `local_sequence` is what the rank holds: seq / sp under Ulysses.
+    The workload and the memory model both read this one function."""
+    return max(1, math.ceil(local_sequence / hidden))
+
+
+def logits_tile_shards(micro_batch: int, local_sequence: int, vocab: int) -> int:
+    """Tiles TiledFusedLogitsLoss splits a rank's logits into: about 1 GiB of fp32 logits each
+    (ArcticTraining's sft_trainer: ceil(b x seq x vocab x 4 / 2**30)); DeepSpeed leaves the number to the caller."""
+    return max(1, math.ceil(micro_batch * local_sequence * vocab * 4 / LOGITS_TILE_BYTES))
