@@ -34,6 +34,21 @@ Sources, so each term can be checked:
   saved tensors). The first layer's input, which needs no gradient at all, is counted like the others.
 - Logits and loss: s*b*vocab in the model's precision, its fp32 upcast and saved log-softmax
   (transformers' loss), and their gradients during backward.
+- Tensor parallelism (DeepSpeed AutoTP; which layers it splits: tuner.estimate_parallel): the split layers'
+  parameters, gradients and optimizer states / tp, ZeRO over ranks / tp. Activations as Korthikanti et
+  al. section 4.2.1 give them for tensor parallelism without sequence parallelism, s*b*h*(10 + 24/t +
+  5*a*s/(h*t)): the norms, the dropout masks and the inputs of the QKV and first MLP projections stay
+  whole on every rank; attention (q, k, v, scores, output), the output projection's input and the MLP's
+  intermediate tensors are split. An untied lm_head gathers whole logits; a tied one keeps them split.
+- Ulysses sequence parallelism: every activation on seq / sp tokens (attention's all-sequence, heads / sp
+  tensors hold as many elements, but key-value heads are replicated when sp exceeds them), plus one layer's
+  all-to-all buffers; parameters whole, ZeRO over all ranks (its sequence x data group).
+- TiledMLP (deepspeed/runtime/sequence_parallel/ulysses_sp.py:955): the forward runs under no_grad and saves
+  only the MLP's input (:1013, :1017); the backward recomputes one tile at a time, so of the MLP's
+  intermediate tensors one tile of ceil(seq / hidden) (tuner.parallel.mlp_tile_shards) is alive at once.
+- Tiled logits (TiledFusedLogitsLoss, ulysses_sp.py:1079): logits and loss computed and back-propagated in
+  tiles inside the forward pass: one tile's logits (tuner.parallel.logits_tile_shards) plus the hidden
+  states' gradient (:1173) instead of all the logits.
 - Buffers: DeepSpeed's gradient bucket (reduce_bucket_size, twice with overlap_comm) and, for stage 3,
   the prefetch bucket; allocated whole on a GPU, touched only as far as the model fills them on CPU.
 - The rank's runtime: on a GPU torch.cuda.max_memory_allocated leaves out the CUDA context, so 0; on CPU
@@ -46,8 +61,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tuner.activations import Split, activation_bytes, attention_kernel, layer_activation_bytes, logits_bytes
+from tuner.estimate_parallel import all_to_all_bytes, tp_largest_layer, tp_parameters
 from tuner.flops import flops_per_token
 from tuner.points import Point
+
+# activations live in tuner.activations; these names stay importable from here
+__all__ = [
+    "GB", "PARTS", "Adapters", "Buckets", "Estimate", "MemoryKnobs", "ModelShape", "ModelStates", "Setup", "Split",
+    "activation_bytes", "attention_kernel", "buffer_bytes", "build_bytes", "estimate", "host_bytes",
+    "layer_activation_bytes", "logits_bytes", "model_states",
+]  # fmt: skip
 
 GB = 1024**3
 # A CPU rank's resident memory with a negligible model: interpreter, torch, DeepSpeed, transformers and the
@@ -121,6 +145,11 @@ class MemoryKnobs:
     reduce_bucket_size: int | None = None  # the communication knobs the point sets (None: the setup's)
     prefetch_bucket_size: int | None = None
     overlap_comm: bool | None = None
+    tensor_parallel: int = 1  # AutoTP's tensor_parallel_size
+    sequence_parallel: int = 1  # Ulysses' sequence_parallel_size
+    tiled_mlp: bool = False
+    tiled_logits: bool = False
+    sequence_length: int | None = None  # the point's own (data.sequence_length listed); None: the setup's
 
     @classmethod
     def of(cls, point: Point) -> MemoryKnobs:
@@ -136,6 +165,11 @@ class MemoryKnobs:
             reduce_bucket_size=v.get("reduce_bucket_size"),
             prefetch_bucket_size=v.get("stage3_prefetch_bucket_size"),
             overlap_comm=v.get("overlap_comm"),
+            tensor_parallel=int(v.get("tensor_parallel_size") or 1),
+            sequence_parallel=int(v.get("sequence_parallel_size") or 1),
+            tiled_mlp=bool(v.get("tiled_mlp")),
+            tiled_logits=bool(v.get("tiled_logits")),
+            sequence_length=v.get("sequence_length"),
         )
 
 
@@ -271,115 +305,46 @@ def model_states(
     return ModelStates({"parameters": params, "gradients": grads, "optimizer_states": optim}, host)
 
 
-def attention_kernel(shape: ModelShape, accelerator: str) -> str:
-    """Which attention computation runs: flash (fused), the fp32 math fallback, or eager (unfused)."""
-    if shape.attention == "eager":
-        return "eager"
-    if shape.attention == "sdpa" and shape.attention_dropout and accelerator == "cpu":
-        return "math"  # PyTorch's CPU flash kernel has no dropout: SDPA falls back to fp32 math
-    return "flash"
-
-
-def layer_activation_bytes(
-    shape: ModelShape, seq: int, micro: int, act_bytes: int, accelerator: str, first: bool = False
-) -> float:
-    """One transformer layer's saved activations for one micro-batch, tensor by tensor.
-
-    Korthikanti et al.'s terms, with the sizes transformers' implementations keep (counted with
-    torch.autograd.graph.saved_tensors_hooks, tests/unit/test_activations.py): norms keep their input (and
-    an fp32 copy where RMSNorm upcasts); the QKV, output and first MLP projections their inputs; attention
-    q, k, v and, fused, its output and log-sum-exp, or unfused the s x s scores; the MLP `mlp_saved`
-    (s, b, intermediate) tensors; dropout one mask per element (1 byte on a GPU, the activation's dtype on CPU).
-    A frozen base with adapters keeps only what its adapters need (module docstring).
-    """
-    s, b, h, p = float(seq), float(micro), float(shape.hidden_size), float(act_bytes)
-    i, a = float(shape.intermediate_size), float(shape.num_heads)
-    sbh = s * b * h
-    sb_kv = s * b * h * shape.num_kv_heads / shape.num_heads
-    mask = 1.0 if accelerator == "cuda" else p
-    lora = shape.adapters
-    # an RMSNorm's 16-bit input is kept for its weight's gradient; LayerNorm keeps its input either way
-    norm = (0.0 if lora and shape.norm_fp32 else sbh * p) + (sbh * 4 if shape.norm_fp32 else 0.0)
-    # QKV projection, output projection, first MLP projection(s); of a frozen base only the adapted ones
-    linear_inputs = (len(set(lora.inputs) - {"down"}) if lora else 3) * sbh * p
-    adapters = (lora.rank_outputs * s * b * p + lora.dropout_inputs * s * b * (p + 1.0)) if lora else 0.0
-    kernel = attention_kernel(shape, accelerator)
-    scores = a * s * s * b
-    if kernel == "flash":
-        attention = (sbh + 2 * sb_kv) * p + sbh * p + a * s * b * 4  # q, k, v; output; fp32 log-sum-exp
-    elif kernel == "math":
-        attention = (sbh + 2 * sb_kv) * 4 + 3 * scores * 4  # fp32 q, k, v; softmax, dropout mask and output
-    else:
-        dropout = scores * (mask + p) if shape.attention_dropout else 0.0
-        attention = (sbh + 2 * sb_kv) * p + scores * p + dropout  # Korthikanti's 5as^2b with dropout
-    mlp_saved = shape.mlp_saved - (1 if lora and "down" not in lora.inputs else 0)  # the down projection's input
-    mlp = mlp_saved * s * b * i * p
-    residual_masks = 2 * sbh * mask if shape.hidden_dropout else 0.0
-    if first and lora:
-        # the first layer's input needs no gradient (the embedding is frozen): its first norm keeps nothing, nor
-        # does its attention when no adapter feeds q, k or v
-        return norm + linear_inputs + (attention if "attention_input" in lora.inputs else 0.0) + mlp + adapters
-    return 2 * norm + linear_inputs + attention + mlp + residual_masks + adapters
-
-
-def activation_bytes(
-    shape: ModelShape, seq: int, micro: int, act_bytes: int, checkpointing: bool, accelerator: str = "cuda"
-) -> float:
-    """All layers' saved activations; with full checkpointing, layer inputs plus one layer being recomputed."""
-    layer = layer_activation_bytes(shape, seq, micro, act_bytes, accelerator)
-    sbh = float(seq) * micro * shape.hidden_size * act_bytes
-    frozen_rms = shape.adapters is not None and shape.norm_fp32  # its 16-bit input kept only for a trained weight
-    final_norm = (0.0 if frozen_rms else sbh) + (float(seq) * micro * shape.hidden_size * 4 if shape.norm_fp32 else 0.0)
-    mask = 1 if accelerator == "cuda" else act_bytes
-    embedding_mask = float(seq) * micro * shape.hidden_size * mask if shape.hidden_dropout else 0.0
-    outside = final_norm + embedding_mask
-    if checkpointing:
-        return shape.num_layers * sbh + layer + outside
-    if shape.adapters:  # the first layer of a frozen base keeps less (layer_activation_bytes)
-        first = layer_activation_bytes(shape, seq, micro, act_bytes, accelerator, first=True)
-        return first + (shape.num_layers - 1) * layer + outside
-    return shape.num_layers * layer + outside
-
-
-def logits_bytes(shape: ModelShape, seq: int, micro: int, act_bytes: int) -> float:
-    """The loss's peak over s x b x vocab: in the forward pass the logits, their fp32 upcast and the saved
-    fp32 log-softmax (2 + 4 + 4 bytes in 16 bits); in the backward pass the saved log-softmax, its fp32
-    gradient and the logits' gradient (4 + 4 + 4 in fp32, 4 + 4 + 2 in 16 bits)."""
-    return float(seq) * micro * shape.vocab_size * (4 + 4 + act_bytes)
-
-
 def buffer_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
     """DeepSpeed's communication buffers, whole on a GPU, on CPU only as far as the model fills them.
 
     Stage 0 flattens gradients into all-reduce buckets of up to allreduce_bucket_size elements; stages 1
     and 2 allocate a contiguous gradient bucket of reduce_bucket_size elements (a second one with
     overlap_comm); stage 3 its reduce bucket and the parameters it prefetches (prefetch_bucket_size). Gradient
-    buckets fill only with trainable parameters' gradients.
+    buckets fill only with trainable parameters' gradients, a rank's share of them under tensor parallelism.
+    Ulysses adds one layer's all-to-all buffers (tuner.estimate_parallel.all_to_all_bytes).
     """
-    n, t, p, bk = shape.num_parameters, shape.trainable_parameters, setup.param_bytes, setup.buckets
+    tp = knobs.tensor_parallel
+    n = tp_parameters(shape, tp)
+    t = shape.trainable_parameters if shape.adapters else n
+    p, bk = setup.param_bytes, setup.buckets
+    seq = knobs.sequence_length or setup.sequence_length
+    exchange = all_to_all_bytes(shape, seq, knobs.micro_batch_size, p, knobs.sequence_parallel)
 
     def bucket(elements: int, filled_by: int) -> float:
         return float(elements if setup.accelerator == "cuda" else min(elements, filled_by)) * p
 
     if knobs.zero_stage == 0:
-        return float(min(bk.allreduce_bucket_size, t)) * p if setup.ranks > 1 else 0.0
+        return (float(min(bk.allreduce_bucket_size, t)) * p if setup.ranks // tp > 1 else 0.0) + exchange
     if knobs.zero_stage in (1, 2):
-        return bucket(bk.reduce_bucket_size, t) * (2 if bk.overlap_comm else 1)
-    return bucket(bk.reduce_bucket_size, t) + bucket(bk.prefetch_bucket_size, n)
+        return bucket(bk.reduce_bucket_size, t) * (2 if bk.overlap_comm else 1) + exchange
+    return bucket(bk.reduce_bucket_size, t) + bucket(bk.prefetch_bucket_size, n) + exchange
 
 
 def build_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup) -> float:
     """Memory of the model as built before DeepSpeed casts and partitions it.
 
     On CPU every rank builds the fp32 model in its own memory (under zero.Init for stage 3: its fp32
-    partition plus the layer being built). On a GPU the model is built on the host and DeepSpeed moves
-    the cast 16-bit model onto the device whole, except under zero.Init.
+    partition plus the layer being built), whole also under tensor parallelism (AutoTP splits a model
+    handed over whole). On a GPU the model is built on the host and DeepSpeed moves the cast 16-bit model
+    (a rank's shards under AutoTP) onto the device, except under zero.Init.
     """
     n = float(shape.num_parameters)
     partitioned = knobs.zero_stage == 3 and setup.zero_init
     if setup.accelerator == "cpu":
         return 4 * n / setup.ranks + 4 * shape.largest_layer_parameters if partitioned else 4 * n
-    return 0.0 if partitioned else setup.param_bytes * n
+    # AutoTP moves only a rank's shards and the whole layers onto the device (module_inject/layers.py `move`)
+    return 0.0 if partitioned else setup.param_bytes * tp_parameters(shape, knobs.tensor_parallel)
 
 
 def host_bytes(shape: ModelShape, knobs: MemoryKnobs, setup: Setup, offloaded_per_rank: float) -> float:
@@ -400,12 +365,18 @@ def _with_point_buckets(setup: Setup, knobs: MemoryKnobs) -> Setup:
 
 
 def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
-    """The predicted peak for one point. On CPU the device is host memory: offloaded states stay in the rank."""
+    """The predicted peak for one point. On CPU the device is host memory: offloaded states stay in the rank.
+
+    Tensor parallelism leaves a rank its share of the parameters (tuner.estimate_parallel) and ZeRO the
+    ranks / tp of its data-parallel group; Ulysses leaves ZeRO all ranks. The point's own sequence length
+    (data.sequence_length listed) replaces the setup's.
+    """
     knobs = MemoryKnobs.of(point)
     setup = _with_point_buckets(setup, knobs)
     lora = shape.adapters
+    tp = knobs.tensor_parallel
     states = model_states(
-        shape.num_parameters, shape.largest_layer_parameters, knobs, setup,
+        tp_parameters(shape, tp), tp_largest_layer(shape, tp), knobs, replace(setup, ranks=max(1, setup.ranks // tp)),
         trainable=lora.trainable_parameters if lora else None,
         largest_trainable=lora.largest_trainable_layer if lora else None,
     )  # fmt: skip
@@ -416,9 +387,10 @@ def estimate(shape: ModelShape, point: Point, setup: Setup) -> Estimate:
         parts["optimizer_states"] += states.host_per_rank  # "offloaded" to the same memory
     elif setup.runtime_gb is not None:
         parts["runtime"] = setup.runtime_gb * GB
-    seq, micro = setup.sequence_length, knobs.micro_batch_size
-    parts["activations"] = activation_bytes(shape, seq, micro, act, knobs.checkpointing, setup.accelerator)
-    parts["logits"] = logits_bytes(shape, seq, micro, act)
+    seq, micro = knobs.sequence_length or setup.sequence_length, knobs.micro_batch_size
+    split = Split(tp, knobs.sequence_parallel, knobs.tiled_mlp, knobs.tiled_logits)
+    parts["activations"] = activation_bytes(shape, seq, micro, act, knobs.checkpointing, setup.accelerator, split)
+    parts["logits"] = logits_bytes(shape, seq, micro, act, split)
     parts["buffers"] = buffer_bytes(shape, knobs, setup)
     train = sum(v for k, v in parts.items() if k != "runtime")
     built = build_bytes(shape, knobs, setup)
