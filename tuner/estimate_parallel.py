@@ -1,7 +1,7 @@
 """What one rank holds of a model split by DeepSpeed's AutoTP or Ulysses (pure), for tuner.estimate.
 
 Read from DeepSpeed 0.19.8 and transformers 5.24 (paths under site-packages) and checked on 2 gloo CPU ranks
-(tests/integration/test_tp_shards.py):
+(tests/integration/test_split_ranks.py):
 - AutoTP training takes the model's Hugging Face tp_plan where it has one (deepspeed/runtime/engine.py:1055
   `_get_hf_tp_plan`, converted by module_inject/tp_plan_converter.py): Llama's shards q, k, v, gate and up
   by output columns and o and down by input rows (transformers/models/llama/configuration_llama.py:48), so
