@@ -186,6 +186,59 @@ def _plan_without_model(space: Any, enumeration: Any, as_json: bool) -> None:
     )
 
 
+def _model_line(s: Any, setup: Any, kind: str, sequence: str, extra: str = "") -> str:
+    """The plan's first line: the model as counted, the ranks, the precision and the sequence length(s)."""
+    return (
+        f"model {s.model_type}: {s.num_parameters / 1e6:,.1f}M parameters ({s.embedding_parameters / 1e6:,.1f}M "
+        f"embedding, largest layer {s.largest_layer_parameters / 1e6:,.1f}M), {s.num_layers} layers, hidden "
+        f"{s.hidden_size}, {s.attention} attention{extra}; {setup.ranks} {kind} rank(s), {setup.precision}, "
+        f"sequence {sequence}"
+    )
+
+
+def _max_context(
+    space: Any,
+    space_file: Path,
+    shape: Any,
+    setup: Any,
+    enumeration: Any,
+    budget: Any,
+    calibrations: Any,
+    as_json: bool,
+) -> None:
+    """`tuner plan --max-context`: the longest sequence each family is predicted to fit (tuner.max_context)."""
+    import dataclasses
+    import json
+
+    from tuner.max_context import max_context
+    from tuner.plan_view import max_context_json, max_context_table
+    from tuner.workload.hf_causal_lm import build_config
+
+    try:
+        if budget.device_gb is None:
+            raise SpaceError("hardware.device_memory_gb", "--max-context needs the memory of one device to fit")
+        positions = getattr(build_config(space.model_config_dict), "max_position_embeddings", None)
+        if not isinstance(positions, int) or positions < 1:
+            raise SpaceError(
+                "model.config.max_position_embeddings", "--max-context searches up to it: set the model's longest"
+            )
+    except SpaceError as exc:
+        _fail(exc)
+    answers = max_context(shape, setup, enumeration.valid, budget, positions, calibrations)
+    if as_json:
+        header = {"space": str(space_file), "model": dataclasses.asdict(shape), "budget": dataclasses.asdict(budget)}
+        out.print(json.dumps(max_context_json(answers, header), indent=2), markup=False, soft_wrap=True)
+        return
+    out.print(_model_line(shape, setup, setup.accelerator, "searched per family"), markup=False)
+    wide = Console(highlight=False, emoji=False, width=max(out.width, 150))
+    wide.print(max_context_table(answers, budget, positions), soft_wrap=False)
+    out.print(
+        f"{len(answers)} famil{'y' if len(answers) == 1 else 'ies'} of {len(enumeration.valid)} valid point(s); "
+        "a family's context does not depend on the global batch",
+        markup=False,
+    )
+
+
 @app.command()
 def plan(
     space_file: Annotated[Path, typer.Argument(help="The search-space YAML file.", show_default=False)],
@@ -197,6 +250,14 @@ def plan(
         str | None, typer.Option(help="Calibrate with this study's measured trials (in --storage).")
     ] = None,
     storage: StorageOpt = None,
+    max_context: Annotated[
+        bool,
+        typer.Option(
+            "--max-context",
+            help="For each family (the main knobs but micro-batch and sequence length), the longest "
+            "sequence_length predicted to fit at micro-batch 1, up to the model's max_position_embeddings.",
+        ),
+    ] = False,
 ) -> None:
     """Predict every point's memory and FLOPs from the architecture alone; nothing runs, no GPU needed."""
     import json
@@ -215,6 +276,8 @@ def plan(
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
         _preflight(space, enumeration, kind)
+        if max_context and not space.plans_memory:
+            raise SpaceError("--max-context", "needs the model's architecture (model.config) to predict memory")
         if not space.plans_memory:
             _plan_without_model(space, enumeration, as_json)
             return
@@ -234,6 +297,9 @@ def plan(
         _fail(exc)
     budget = device_budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind), kind)
     budget = budget.with_measured_overhead([m.overhead_gb for m in measured])
+    if max_context:
+        _max_context(space, space_file, shape, setup, enumeration, budget, calibrations, as_json)
+        return
     result = plan_space(shape, setup, enumeration, budget, calibrations)
     from tuner.plan_view import plan_json, plan_table
 
@@ -248,13 +314,9 @@ def plan(
         if a
         else ""
     )
-    out.print(
-        f"model {s.model_type}: {s.num_parameters / 1e6:,.1f}M parameters ({s.embedding_parameters / 1e6:,.1f}M "
-        f"embedding, largest layer {s.largest_layer_parameters / 1e6:,.1f}M), {s.num_layers} layers, hidden "
-        f"{s.hidden_size}, {s.attention} attention{lora}; {setup.ranks} {kind} rank(s), {setup.precision}, "
-        f"sequence {setup.sequence_length}; {result.calibrations.describe()}",
-        markup=False,
-    )
+    lengths = space.data.lengths
+    sequence = str(lengths[0]) if len(lengths) == 1 else f"{', '.join(map(str, lengths))} (a row per length)"
+    out.print(f"{_model_line(s, setup, kind, sequence, lora)}; {result.calibrations.describe()}", markup=False)
     if budget.device_gb is None:
         out.print("no memory budget: set hardware.device_memory_gb to have points judged", markup=False)
     wide = Console(highlight=False, emoji=False, width=max(out.width, 150))  # a table too narrow to read helps no one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -52,3 +53,85 @@ def test_plan_rejects_bad_input_with_exit_2(tmp_path: Path, monkeypatch: pytest.
     assert missing.exit_code == 2 and "no such space file" in missing.stderr
     bad = CliRunner().invoke(app, ["plan", str(REPO / "search_spaces" / "quickstart-cpu.yaml"), "--accelerator", "tpu"])
     assert bad.exit_code == 2 and "--accelerator" in bad.stderr
+
+
+LONG_CONTEXT = REPO / "search_spaces" / "llama-8b-32k-8gpu.yaml"
+
+
+def test_the_long_context_space_plans_tp_and_sp_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama 3.1 8B at 32k on 8x80 GB: AutoTP and Ulysses never together, and which of them fit."""
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["plan", str(LONG_CONTEXT), "--json"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert plan["model"]["num_parameters"] == 8_030_261_248
+    fits = {row["label"]: row["fits"] for row in plan["points"]}
+    assert not any("tp" in label and "sp" in label for label in fits)
+    assert fits["mb1 z3 ckpt sp8"] and fits["mb1 z2 ckpt tp2 tlog"]
+    assert not fits["mb1 z3"] and not fits["mb2 z3 ckpt"]  # 32k without checkpointing; 64k tokens of logits
+    summary = plan["summary"]
+    assert (summary["invalid"], summary["to_run"]) == (864, 350)
+
+
+def test_max_context_answers_each_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["plan", str(LONG_CONTEXT), "--max-context"])
+    assert done.exit_code == 0, done.output
+    assert "longest sequence_length predicted to fit at micro-batch 1" in done.stdout
+    assert "336 families of 672 valid point(s)" in done.stdout
+    answer = json.loads(CliRunner().invoke(app, ["plan", str(LONG_CONTEXT), "--max-context", "--json"]).stdout)
+    rows = {row["label"]: row for row in answer["max_context"]}
+    assert len(rows) == 336
+    assert rows["z3 ckpt sp8"]["longest"] == 131072 and rows["z3 ckpt sp8"]["limited_by"].startswith("max_position")
+    assert rows["z1"]["longest"] < 8192 < rows["z3 ckpt tlog"]["longest"]
+    for row in rows.values():
+        assert row["longest"] is None or row["longest"] <= row["longest_within_margin"] <= 131072
+    assert not list(tmp_path.iterdir()), "plan writes nothing"
+
+
+def test_plan_rows_per_length_when_lengths_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    space = {
+        "model": {"config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+                             "max_position_embeddings": 1024}},
+        "data": {"sequence_length": [128, 256, 512]},
+        "training": {"global_batch_size": 8, "precision": "bf16"},
+        "hardware": {"gpus_per_trial": 2, "accelerator": "cpu", "device_memory_gb": 2},
+        "space": {"micro_batch_size": [1], "zero_stage": [2], "sequence_parallel_size": [1, 2]},
+    }  # fmt: skip
+    (tmp_path / "space.yaml").write_text(json.dumps(space))
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["plan", "space.yaml", "--json"])
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout)["points"]
+    assert [row["label"] for row in rows] == [f"mb1 z2{sp} s{s}" for sp in ("", " sp2") for s in (128, 256, 512)]
+    activations = [row["parts_gb"]["activations"] for row in rows]
+    assert activations[0] < activations[1] < activations[2] and activations[3] < activations[0] * 0.6
+    text = CliRunner().invoke(app, ["plan", "space.yaml"]).stdout
+    assert "sequence 128, 256, 512 (a row per length)" in text
+    ctx = CliRunner().invoke(app, ["plan", "space.yaml", "--max-context"])
+    assert ctx.exit_code == 0 and "max_position_embeddings 1024" in ctx.stdout, ctx.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        ({"hardware": {"gpus_per_trial": 2}}, "hardware.device_memory_gb"),  # CPU: no budget to fit
+        ({"model": None, "workload": {"script": "train.py"}}, "--max-context"),  # a script: no model to predict
+    ],
+)
+def test_max_context_refuses_what_it_cannot_answer(
+    edit: dict[str, Any], key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "search_spaces" / "quickstart-cpu.yaml").read_text())
+    raw.update(edit)
+    raw = {k: v for k, v in raw.items() if v is not None}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "train.py").write_text("import deepspeed\n")
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["plan", "space.yaml", "--max-context"])
+    assert done.exit_code == 2, done.output
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), done.stderr
