@@ -8,7 +8,12 @@ reached in the first optimizer step) and compares the memory model's prediction 
 each point's prediction uses the calibration fitted on the space's other points, as a search would before
 running it. A space with LoRA adapters (model.peft) is also run with full fine-tuning on the same points, and
 a table puts the model's error on the two side by side, with DeepSpeed's own model-state estimators (which
-count every parameter as trained) beside the model's. Writes a dated markdown file under benchmarks/results/.
+count every parameter as trained) beside the model's. A space over tensor/sequence parallelism or several
+sequence lengths also gets a table of memory and tokens/s against tp, sp and the length (each rank's share:
+DeepSpeed's estimators are given the rank's tensor-parallel shard over ranks / tp). Writes a dated markdown
+file under benchmarks/results/.
+
+    python benchmarks/memory_model.py --space benchmarks/spaces/llama-tiny-parallel-memory-cpu.yaml --tag parallel
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ sys.path.insert(0, str(REPO))
 from tuner.calibration import Measured, calibrate  # noqa: E402
 from tuner.dsconfig import jit_ops  # noqa: E402
 from tuner.estimate import GB, estimate  # noqa: E402
+from tuner.estimate_parallel import tp_largest_layer, tp_parameters  # noqa: E402
+from tuner.parallel import sizes  # noqa: E402
 from tuner.plan import DEFAULT_MARGIN, estimate_setup  # noqa: E402
 from tuner.points import Point, enumerate_points  # noqa: E402
 from tuner.search import detect_accelerator, ds_configs_for, trial_spec  # noqa: E402
@@ -77,6 +84,7 @@ def measure_space(path: Path, work: Path, limit: int | None, full: bool = False)
         if result.ok:
             f = result.figures
             row.update({k: f[k] for k in ("peak_mem_gb", "runtime_mem_gb", "build_peak_gb", "initialize_peak_gb")})
+            row["tokens_per_s"] = f.get("tokens_per_s")
         print(json.dumps(row), flush=True)
         rows.append(row)
     tuning = "lora" if space.model.peft else "full"
@@ -97,8 +105,7 @@ def predict(result: dict[str, Any]) -> dict[str, Any]:
                 "predicted_gb": est.device_gb,
                 "runtime_pred_gb": est.parts["runtime"] / GB,
                 "states_gb": est.model_state_bytes / GB,
-                "deepspeed_states_gb": deepspeed_states_gb(shape.num_parameters, shape.largest_layer_parameters,
-                                                           Point.from_params(row["point"]), setup.ranks),
+                "deepspeed_states_gb": deepspeed_states_gb(shape, Point.from_params(row["point"]), setup.ranks),
             }
         )  # fmt: skip
     ok = [r for r in rows if r["ok"]]
@@ -121,8 +128,11 @@ def predict(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def deepspeed_states_gb(n: int, largest: int, point: Point, ranks: int) -> float | None:
-    """DeepSpeed's own estimate of the model states per device (every parameter trained), for ZeRO 2 and 3."""
+def deepspeed_states_gb(shape: Any, point: Point, ranks: int) -> float | None:
+    """DeepSpeed's own estimate of the model states per device (every parameter trained), for ZeRO 2 and 3: under
+    tensor parallelism, of the rank's shard partitioned over the ranks / tp of its data-parallel group."""
+    tp = point.tensor_parallel_size
+    n, largest, ranks = tp_parameters(shape, tp), tp_largest_layer(shape, tp), ranks // tp
     offload = point.offload_optimizer != "none"
     if point.zero_stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -191,6 +201,35 @@ def lora_against_full(predicted: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def parallel_table(res: dict[str, Any]) -> list[str]:
+    """Memory and tokens/s against tp, sp and the sequence length, for a space that varies them."""
+    knobs = ("tensor_parallel_size", "sequence_parallel_size", "sequence_length")
+    if not any(k in r["point"] for r in res["rows"] for k in knobs):
+        return []
+    lines = [
+        f"### {res['space']}: against tensor parallelism, sequence parallelism and the sequence length",
+        "",
+        "| tp | sp | length | point | measured GB | raw GB | raw error | tokens/s |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int, str]:
+        tp, sp = sizes(r["point"])
+        return tp, sp, int(r["point"].get("sequence_length") or 0), r["label"]
+
+    for r in sorted(res["rows"], key=key):
+        tp, sp, length, label = key(r)
+        if not r["ok"]:
+            lines.append(f"| {tp} | {sp} | {length or '-'} | {label} | failed | {r['predicted_gb']:.3f} | | |")
+            continue
+        speed = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-"
+        lines.append(
+            f"| {tp} | {sp} | {length or '-'} | {label} | {r['peak_mem_gb']:.3f} | {r['predicted_gb']:.3f} | "
+            f"{error(r['predicted_gb'], r['peak_mem_gb']):+.1%} | {speed} |"
+        )
+    return [*lines, ""]
+
+
 def report(measured: list[dict[str, Any]]) -> str:
     """The markdown: one table per space, then the headline errors against the goals."""
     import deepspeed
@@ -238,6 +277,7 @@ def report(measured: list[dict[str, Any]]) -> str:
                 f"{raw:+.1%} | {r['calibrated_gb']:.3f} | {cal:+.1%} | {seq:+.1%} |"
             )
         lines.append("")
+        lines += parallel_table(res)
     lines += lora_against_full(predicted)
     lines += [
         "## Headline",
