@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 TP, SP, LENGTH = "tensor_parallel_size", "sequence_parallel_size", "sequence_length"
+# Model types AutoTP refuses (deepspeed/module_inject/auto_tp.py AutoTP.supported, 0.19.8; a test keeps it in step)
+AUTOTP_UNSUPPORTED = ("deberta", "flaubert", "fsmt", "gpt2", "led", "longformer", "xlm", "xlnet")
 LOGITS_TILE_BYTES = 2**30  # ArcticTraining's target: about 1 GiB of fp32 logits per tile
 
 
@@ -38,6 +40,7 @@ class Context:
     kv_heads: int | None = None
     sequence_length: int | None = None  # the fixed one; a point may set its own (data.sequence_length list)
     attention: str | None = None  # transformers' attn_implementation; None: its default (sdpa)
+    model_type: str | None = None  # transformers' model_type; None: a script's own model
 
 
 def sizes(values: Mapping[str, Any]) -> tuple[int, int]:
@@ -72,6 +75,8 @@ def tp_problem(tp: int, values: Mapping[str, Any], ctx: Context) -> str | None:
             f"tensor_parallel_size {tp} would span nodes: a tensor-parallel group stays within one node's "
             f"{ctx.ranks_per_node} ranks"
         )
+    if ctx.model_type in AUTOTP_UNSUPPORTED:
+        return f"tensor_parallel_size {tp}: DeepSpeed's AutoTP does not support {ctx.model_type} models (auto_tp.py)"
     if ctx.kv_heads is not None and ctx.kv_heads % tp:
         return f"tensor_parallel_size {tp} does not divide the model's {ctx.kv_heads} key-value heads"
     return None

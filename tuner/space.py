@@ -111,6 +111,7 @@ class Space(_Section):
             kv_heads=kv if isinstance(kv, int) else None,
             sequence_length=self.data.fixed_length,
             attention=self.model.attn_implementation if self.model is not None else None,
+            model_type=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
         )
 
     def sequence_length_of(self, values: Mapping[str, Any]) -> int | None:
