@@ -6,9 +6,11 @@ be wrong about, so they overrule it in both directions:
 - a point that needs at least as much as one that ran out of memory is ruled out, with no margin.
 
 "Needs at least as much" is read on the axes where it is known (the knob registry's memory orderings,
-tuner.orders): a larger micro-batch, no checkpointing where the other had it, the same offload (on a
-CPU-only machine offloading moves nothing off the device, so offload does not count there), and the ZeRO
-stage only in the direction the trials showed. ZeRO
+tuner.orders): a larger micro-batch or sequence length, no checkpointing or tiling where the other had it,
+less sequence parallelism, less tensor parallelism where neither point partitions with ZeRO (AutoTP's
+ranks leave ZeRO's group, so at stage 1-3 tp is not ordered), the same offload (on a CPU-only machine
+offloading moves nothing off the device, so offload does not count there), and the ZeRO stage only in the
+direction the trials showed. ZeRO
 partitions states to save memory, but on a small model its buckets and flat copies outweigh the saving:
 on CPU mb8 z0 fitted 0.62 GB where mb8 z1, z2 and z3 ran out (benchmarks/results). So the direction is
 read from a pair of trials that differ only in stage, one fitted and one ran out; until such a pair

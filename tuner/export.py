@@ -16,8 +16,18 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import __version__
 from tuner.dsconfig import retarget
 from tuner.errors import SpaceError
-from tuner.handoff import for_world_size, hf_config, hf_training_args
+from tuner.handoff import (
+    for_world_size,
+    hf_config,
+    hf_parallel,
+    hf_training_args,
+    measured_global_batch,
+    parallel_values,
+    script_parallel,
+    zero_group,
+)
 from tuner.knobs import MAIN
+from tuner.parallel import data_parallel, deepspeed_world, sizes
 from tuner.points import Point
 from tuner.ranking import best, objective_names, rank_study
 from tuner.store import pareto_front, redact
@@ -31,23 +41,41 @@ FIGURE_KEYS = (
 
 
 def check_with_deepspeed(config: dict[str, Any], world_size: int) -> None:
-    """Check the batch arithmetic for `world_size` ranks, then parse with DeepSpeed's own config class.
+    """Check the batch arithmetic for `world_size` ranks, then parse with DeepSpeed's own config class over a
+    stand-in process group of `world_size` ranks, so that DeepSpeed counts its world its own way.
 
-    DeepSpeed's parser takes the world size from an initialised process group (1 without one), so it
-    checks a copy whose train_batch_size is per rank; every other section is checked as written.
+    DeepSpeedConfig (deepspeed/runtime/config.py, DeepSpeedConfig.__init__) takes its world from the process
+    group: the group's size divided by the sequence-parallel size (Ulysses: the mpu's, or without one the
+    config's `sequence_parallel_size`), else the whole group; `tensor_parallel` does not enter it, so AutoTP's
+    tensor-parallel ranks count in `train_batch_size` (they see the same samples). It then asserts
+    train_batch_size == micro x accumulation x that world (_batch_assertion). Without an initialised process
+    group it would take a world of 1, hence the stand-in: its rank and size are all DeepSpeed asks of it here.
     """
+    from unittest import mock
+
+    from deepspeed import comm
     from deepspeed.runtime.config import DeepSpeedConfig
 
+    values = parallel_values(config)
+    tp, sp = sizes(values)
+    if world_size % (tp * sp):
+        raise ValueError(
+            f"{world_size} ranks are not a multiple of tensor_parallel_size {tp} x sequence_parallel_size {sp}"
+        )
+    world = deepspeed_world(values, world_size)
     micro = config["train_micro_batch_size_per_gpu"]
     accum = config["gradient_accumulation_steps"]
-    if config["train_batch_size"] != micro * accum * world_size:
+    if config["train_batch_size"] != micro * accum * world:
+        counted = f"{world} ranks" if world == world_size else f"{world} ranks (DeepSpeed's world: {world_size} / sp)"
         raise ValueError(
-            f"train_batch_size {config['train_batch_size']} != micro {micro} x accumulation {accum}"
-            f" x {world_size} ranks"
+            f"train_batch_size {config['train_batch_size']} != micro {micro} x accumulation {accum} x {counted}"
         )
-    per_rank = json.loads(json.dumps(config))
-    per_rank["train_batch_size"] = micro * accum
-    DeepSpeedConfig(per_rank)
+    with (
+        mock.patch.object(comm, "get_rank", return_value=0),
+        mock.patch.object(comm, "get_world_size", return_value=world_size),
+    ):
+        parsed = DeepSpeedConfig(json.loads(json.dumps(config)))
+    assert parsed.world_size == world, f"DeepSpeed counts {parsed.world_size} ranks, the tuner {world}"
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -77,7 +105,17 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "optuna": optuna.__version__,
         "python": platform.python_version(),
+        **_installed("accelerate"),  # Trainer's DeepSpeed, tensor- and sequence-parallel hand-off (--format hf)
     }
+
+
+def _installed(package: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {package: version(package)}
+    except PackageNotFoundError:
+        return {}
 
 
 def _remeasured(study: optuna.Study, trial: FrozenTrial) -> dict[str, float] | None:
@@ -103,6 +141,17 @@ def workload_settings(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def workload_notes(params: dict[str, Any], fmt: str) -> list[str]:
+    """What the production job must do in its own code for the point's knobs (tuner.knobs `workload_note`); for
+    Trainer (`fmt` hf) not those a TrainingArguments field turns on (checkpointing: hf_config says so)."""
+    point = Point.from_params(params)
+    return [
+        f"the trials ran {k.name}: {k.workload_note}"
+        for k in MAIN
+        if k.workload_note and getattr(point, k.name) != k.neutral and not (fmt == "hf" and k.hf_argument)
+    ]
+
+
 def model_options(model: dict[str, Any]) -> dict[str, Any]:
     """The model section's options the production job must repeat: the attention implementation and LoRA.
 
@@ -116,6 +165,27 @@ def model_options(model: dict[str, Any]) -> dict[str, Any]:
     out["peft"] = peft
     out["lora_config"] = lora_kwargs(peft) if peft else None
     return out
+
+
+def sequence_length(space: dict[str, Any], params: dict[str, Any]) -> int | None:
+    """The trial's tokens per sample: its own where the space searched data.sequence_length, else the space's."""
+    fixed = space.get("data", {}).get("sequence_length")
+    own = params.get("sequence_length")
+    return int(own) if own else fixed if isinstance(fixed, int) else None
+
+
+def parallel_layout(values: dict[str, Any], ranks: int | None) -> dict[str, Any]:
+    """How `ranks` ranks split for a point: tensor- and sequence-parallel sizes, the data-parallel ranks, the
+    ranks ZeRO partitions over, and the world DeepSpeed counts its train_batch_size over (tuner.parallel)."""
+    tp, sp = sizes(values)
+    layout: dict[str, Any] = {"tensor_parallel_size": tp, "sequence_parallel_size": sp}
+    if ranks:
+        layout.update(
+            data_parallel_size=data_parallel(values, ranks),
+            zero_partition_ranks=zero_group(values, ranks),
+            deepspeed_world=deepspeed_world(values, ranks),
+        )
+    return layout
 
 
 def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
@@ -137,7 +207,8 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         "measured_with": {
             "ranks": ranks,
             "accelerator": study.user_attrs.get("accelerator"),
-            "sequence_length": space.get("data", {}).get("sequence_length"),
+            "sequence_length": sequence_length(space, trial.params),
+            **parallel_layout(trial.params, ranks),
         },
         "model_config": (space.get("model") or {}).get("config"),
         **model_options(space.get("model") or {}),
@@ -231,14 +302,22 @@ def export(
         )
     if prov["attn_implementation"]:
         notes.append(f"build the model with attn_implementation={prov['attn_implementation']!r}, as the trials did")
+    notes += workload_notes(trial.params, fmt)
+    length, attention = prov["measured_with"]["sequence_length"], prov["attn_implementation"]
     if fmt == "hf":
-        config, hf_notes = hf_config(config)
-        notes += hf_notes
+        config, hf_notes = hf_config(config, world)
+        parallelism, parallel_notes = hf_parallel(trial.params, world, length, attention)
+        notes += hf_notes + parallel_notes
+        prov["hf_parallelism_config"] = parallelism
         point = Point.from_params(trial.params)
         args, args_path = hf_training_args(config, str(output), point), _sibling(output, ".training_args.json")
+    else:
+        micro = int(config["train_micro_batch_size_per_gpu"])
+        notes += script_parallel(trial.params, world, micro, length, attention)
     output.parent.mkdir(parents=True, exist_ok=True)
     prov_path = _sibling(output, ".provenance.json")
     prov.update({"format": fmt, "world_size": world, "measured_ranks": ranks, "accelerator": target, "notes": notes})
+    prov["parallelism"] = {**parallel_layout(trial.params, world), "global_batch_size": measured_global_batch(config)}
     if args is not None:
         prov["training_args"] = args
     script = script_command(study, trial, config, output, world)

@@ -7,8 +7,17 @@ ZeRO stage: partitioning saves memory, but on a small model its buckets and flat
 so the direction is read from trials). Its `work` says which value adds work to a step: "adds" (a non-neutral
 value never makes a step faster: checkpointing, and offload where a device exists), "same" (no order: only
 equal values compare, the micro-batch), or the ZeRO stage's own order (1 <= 2 <= 3 and 0 <= 3 in
-communication; 0 not ordered against 1 and 2). Communication-phase knobs take no part: the rules are
-about main points.
+communication; 0 not ordered against 1 and 2), or "more" (the tensor- and sequence-parallel sizes: at the same
+micro-batch a larger one splits the same work over more ranks and adds collectives to every layer, so it is
+never faster). Communication-phase knobs take no part: the rules are about main points.
+
+Two refinements the registry alone does not say. A knob listed under `data:` (the sequence length) changes
+what is trained, not how: each value is a workload of its own, with its own best (`workload_key`). And
+AutoTP's ranks leave the group ZeRO partitions over (deepspeed/utils/groups.py
+_get_sequence_data_parallel_group: the sequence x data group, Ulysses' ranks stay in it): at ZeRO 1-3 a
+larger tp shards the layers but divides the states ZeRO partitions by fewer ranks, and keeps what AutoTP
+replicates (embeddings, norms) whole, so tp2 z3 can need more than tp1 z3. Its memory order ("less") holds
+only where ZeRO partitions nothing: both points at stage 0.
 """
 
 from __future__ import annotations
@@ -16,9 +25,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tuner.knobs import MAIN, Knob
+from tuner.parallel import TP
 from tuner.points import Point
 
 LEARNED = next(k for k in MAIN if k.memory == "learned")
+LEAVES_ZERO_GROUP = frozenset({TP})  # knobs whose larger value takes ranks out of ZeRO's partition group
+
+
+def workload_key(point: Point) -> tuple[object, ...]:
+    """The knobs that change what is trained (those listed under `data:`: the sequence length): points compare,
+    and each has its best, only within one workload."""
+    return tuple(getattr(point, k.name) for k in MAIN if k.section == "data")
+
+
+def _partitions(point: Point) -> bool:
+    return getattr(point, LEARNED.name) != LEARNED.neutral
 
 
 def _counts(k: Knob, on_device: bool) -> bool:
@@ -62,6 +83,8 @@ def needs_at_least(hungry: Point, than: Point, direction: int, on_device: bool =
             return False
         if k.memory == "less" and not a <= b:
             return False
+        if k.name in LEAVES_ZERO_GROUP and a != b and (_partitions(hungry) or _partitions(than)):
+            return False  # at ZeRO 1-3 more tp can need more memory: its order holds at stage 0 only
         if k.memory == "same" and _counts(k, on_device) and a != b:
             return False
         if k.memory == "learned" and a != b and (a - b) * direction <= 0:
@@ -94,6 +117,18 @@ def at_least_as_fast(fast: Point, slow: Point, offload_is_slower: bool = True) -
             if not a <= b:
                 return False  # more tensor or sequence parallelism: more communication per step
         elif a != b:
+            return False
+    return True
+
+
+def more_parallel_only(fast: Point, slow: Point) -> bool:
+    """`slow` is `fast` with more tensor or sequence parallelism and nothing else changed: at the same memory a
+    layout with less of it is faster, so `slow` is worth measuring only where `fast` does not fit."""
+    if fast == slow:
+        return False
+    for k in MAIN:
+        a, b = getattr(fast, k.name), getattr(slow, k.name)
+        if (k.work == "more" and not a <= b) or (k.work != "more" and a != b):
             return False
     return True
 

@@ -9,6 +9,8 @@ again: trials with `repeat_of`) by the first objective, in its direction; the po
 represents it (it is the trial `export` writes) and its re-measurements follow it; equal means go to the
 point measured first. Below the completed trials come the running, failed, pruned and waiting ones, each
 in trial order. The records of points TPE proposed twice (`duplicate_of`) measured nothing and are left out.
+Where the study searched several sequence lengths, each length's best is the first of its length in this
+same order (`best_per_length`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.parallel import LENGTH
 from tuner.store import measured_trials, original_number
 from tuner.trial.failures import one_line
 
@@ -96,6 +99,27 @@ def best(ranking: Sequence[Ranked]) -> Ranked | None:
     return ranking[0] if ranking and ranking[0].rank == 1 else None
 
 
+def length_of(trial: FrozenTrial) -> int | None:
+    """The trial's own sequence length where the study searched data.sequence_length, else None."""
+    value = trial.params.get(LENGTH)
+    return int(value) if value is not None else None
+
+
+def best_per_length(ranking: Sequence[Ranked]) -> dict[int, Ranked]:
+    """Where the study searched several sequence lengths, the trial representing the best point at each
+    (shortest first): a length is a workload of its own (tuner.orders.workload_key), so the study's one best
+    is at the length that runs fastest and says nothing of the others. Empty for a study of one length."""
+    lengths = {length for r in ranking if (length := length_of(r.trial)) is not None}
+    if len(lengths) < 2:
+        return {}
+    out: dict[int, Ranked] = {}
+    for r in ranking:
+        length = length_of(r.trial)
+        if r.represents and r.rank is not None and length is not None and length not in out:
+            out[length] = r
+    return dict(sorted(out.items()))
+
+
 def record_ranking(study: optuna.Study, ranking: Sequence[Ranked] | None = None) -> Ranked | None:
     """Keep the ranking on the study, where optuna-dashboard shows it ("Study User Attributes"); returns the best.
 
@@ -111,6 +135,9 @@ def record_ranking(study: optuna.Study, ranking: Sequence[Ranked] | None = None)
     study.set_user_attr(
         "ranking", [f"{r.rank}. {r.describe(objective)}" for r in ranking if r.represents][:RANKING_SHOWN]
     )
+    per_length = best_per_length(ranking)
+    if per_length:
+        study.set_user_attr("best_per_length", {str(n): r.describe(objective) for n, r in per_length.items()})
     return top
 
 

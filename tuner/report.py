@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.errors import SpaceError
-from tuner.knobs import SCALE, family_label
-from tuner.ranking import best, objective_names, rank_study
+from tuner.knobs import MAIN, SCALE, family_label
+from tuner.parallel import LENGTH
+from tuner.ranking import best, best_per_length, objective_names, rank_study
 from tuner.results import results_frame, table_text
 from tuner.store import redact
 
@@ -101,6 +102,60 @@ def memory_figure(frame: pd.DataFrame, budget_gb: float | None) -> go.Figure:
     return fig
 
 
+def layout_label(row: pd.Series) -> str:
+    """A family in words without the sequence length (`z1 tp2 ckpt`; `z0` alone): one line across lengths."""
+    parts = [k.label(row[k.name]) for k in MAIN if not k.scale and k.section != "data" and k.name in row]
+    return " ".join(p for p in parts if p) or "-"
+
+
+def fastest_per_length(frame: pd.DataFrame) -> pd.DataFrame:
+    """For each family (layout_label) and sequence length, its fastest completed point (rule 1 of tuner.guided:
+    a family's throughput at a length is its best micro-batch's), with the mean of repeats where there are."""
+    done = frame[(frame["state"] == "COMPLETE") & frame["repeat_of"].isna() & frame[LENGTH].notna()].copy()
+    if done.empty:
+        return done
+    done["family"] = done.apply(layout_label, axis=1)
+    done["tokens"] = done["mean_of_measurements"].fillna(done["tokens_per_s"])
+    done = done.dropna(subset=["tokens"])
+    return done.loc[done.groupby(["family", LENGTH])["tokens"].idxmax()].sort_values(["family", LENGTH])
+
+
+def length_figures(frame: pd.DataFrame, budget_gb: float | None) -> list[tuple[str, go.Figure]]:
+    """Where the study searched several sequence lengths: tokens/s and peak memory against the length, one line
+    per family, each point the family's fastest micro-batch at that length (the same point in both plots)."""
+    import plotly.graph_objects as go
+
+    if LENGTH not in frame or frame[LENGTH].nunique() < 2:
+        return []
+    fastest = fastest_per_length(frame)
+    tokens, memory = go.Figure(), go.Figure()
+    for family, group in fastest.groupby("family", sort=True):
+        text = group["point"]
+        tokens.add_trace(
+            go.Scatter(
+                x=group[LENGTH], y=group["tokens"], mode="lines+markers", name=str(family), text=text,
+                hovertemplate="%{text}<br>%{y:,.0f} tokens/s<extra></extra>",
+            )
+        )  # fmt: skip
+        memory.add_trace(
+            go.Scatter(
+                x=group[LENGTH], y=group["peak_mem_gb"], mode="lines+markers", name=str(family), text=text,
+                hovertemplate="%{text}<br>peak %{y:.2f} GB<extra></extra>",
+            )
+        )  # fmt: skip
+    if budget_gb:
+        memory.add_hline(y=budget_gb, line_dash="dash", annotation_text=f"budget {budget_gb:g} GB")
+    axis = {"xaxis_title": "sequence length (tokens per sample)", "xaxis_type": "log", "xaxis_dtick": 0.30103}
+    tokens.update_layout(
+        title="Throughput by sequence length, per family (its fastest micro-batch at each length)",
+        yaxis_title="tokens/s", **axis,
+    )  # fmt: skip
+    memory.update_layout(
+        title="Peak memory per device by sequence length (the same points)", yaxis_title="peak GB", **axis
+    )
+    return [("lengths", tokens), ("lengthmemory", memory)]
+
+
 def failures_figure(frame: pd.DataFrame) -> go.Figure:
     """How many trials failed, by category, and how many the memory model pruned."""
     import plotly.graph_objects as go
@@ -121,6 +176,7 @@ def _figures(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, go.Fig
     names = objective_names(study)
     budget = study.user_attrs.get("space", {}).get("hardware", {}).get("device_memory_gb")
     figures = [("throughput", throughput_figure(frame)), ("memory", memory_figure(frame, budget))]
+    figures += length_figures(frame, budget)
     if len(names) > 1 and any(t.values for t in study.best_trials):
         figures.append(("pareto", plot_pareto_front(study, target_names=names)))
     figures.append(("timeline", plot_timeline(study)))
@@ -142,8 +198,21 @@ def _best_section(study: optuna.Study) -> str:
         f"<p>{html.escape(names[0])} = {value}; peak memory "
         f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
         f"<p>Export it: <code>tuner export --study {html.escape(study.study_name)} --output ds_config.json</code></p>"
-        f"<pre id='best-ds-config'>{html.escape(config)}</pre></div>"
+        f"<pre id='best-ds-config'>{html.escape(config)}</pre>{_per_length(study)}</div>"
     )
+
+
+def _per_length(study: optuna.Study) -> str:
+    """The best at each sequence length, where the study searched several (each length its own workload)."""
+    per_length = best_per_length(rank_study(study))
+    if not per_length:
+        return ""
+    name = objective_names(study)[0]
+    items = "".join(
+        f"<li>sequence_length {n}: {html.escape(r.describe(name))} (<code>--trial {r.number}</code>)</li>"
+        for n, r in per_length.items()
+    )
+    return f"<p>Best at each sequence length:</p><ul id='best-per-length'>{items}</ul>"
 
 
 def render_report(study: optuna.Study, storage_url: str) -> str:

@@ -15,9 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.errors import SpaceError
-from tuner.knobs import MAIN_NAMES
+from tuner.knobs import BY_NAME, MAIN_NAMES
+from tuner.parallel import LENGTH, SP, TP, data_parallel
 from tuner.points import COMM_PREFIX
-from tuner.ranking import Ranked, objective_names, rank_study
+from tuner.ranking import Ranked, best_per_length, objective_names, rank_study
 from tuner.store import REPEAT_OF, pareto_front
 
 if TYPE_CHECKING:
@@ -35,13 +36,15 @@ FIGURES = (
 TEXT = ("failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host")
 
 
-def _row(ranked: Ranked, names: list[str], front: set[int]) -> dict[str, Any]:
+def _row(ranked: Ranked, names: list[str], front: set[int], ranks: int | None, best_at: set[int]) -> dict[str, Any]:
     trial = ranked.trial
     a = trial.user_attrs
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name, "point": a.get("point", "")}
     row["rank"] = ranked.rank
-    for key in POINT_COLUMNS:
-        row[key] = trial.params.get(key)
+    for key in POINT_COLUMNS:  # a knob the point leaves out is at its neutral value (tp 1, no tiling)
+        row[key] = trial.params.get(key, BY_NAME[key].neutral)
+    row["data_parallel_size"] = data_parallel(trial.params, ranks) if ranks else None
+    row["best_at_length"] = trial.number in best_at if best_at else None
     for key, value in sorted(trial.params.items()):
         if key.startswith(COMM_PREFIX):
             row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -70,7 +73,10 @@ def results_frame(study: optuna.Study) -> pd.DataFrame:
 
     names = objective_names(study)
     front = {t.number for t in pareto_front(study)} if len(names) > 1 else set()
-    frame = pd.DataFrame([_row(r, names, front) for r in rank_study(study)])
+    ranking = rank_study(study)
+    ranks = (study.user_attrs.get("space") or {}).get("hardware", {}).get("gpus_per_trial")
+    best_at = {r.number for r in best_per_length(ranking).values()}
+    frame = pd.DataFrame([_row(r, names, front, ranks, best_at) for r in ranking])
     if not frame.empty:
         frame["rank"] = frame["rank"].astype("Int64")
     return frame
@@ -106,13 +112,35 @@ TABLE_COLUMNS = (
 )  # fmt: skip
 
 
+PARALLEL_COLUMNS = {TP: "tp", SP: "sp", "data_parallel_size": "dp"}  # shown where the study searched tp or sp
+
+
+def searched_parallelism(frame: pd.DataFrame) -> bool:
+    """Whether any trial of `frame` ran tensor or sequence parallelism (its tp, sp and dp columns are shown)."""
+    return any(column in frame and (frame[column].fillna(1) > 1).any() for column in (TP, SP))
+
+
 def table_text(frame: pd.DataFrame) -> str:
-    """The columns a reviewer reads first, as plain aligned text (the full set is in csv/json/parquet)."""
+    """The columns a reviewer reads first, as plain aligned text (the full set is in csv/json/parquet); the
+    tensor-, sequence- and data-parallel sizes where the study searched tp or sp, and the best at each
+    sequence length where it searched several."""
     if frame.empty:
         return "no trials\n"
-    shown = frame[[c for c in TABLE_COLUMNS if c in frame.columns]].copy()
+    columns = list(TABLE_COLUMNS)
+    if searched_parallelism(frame):
+        columns[3:3] = [c for c in PARALLEL_COLUMNS if c in frame.columns]  # after number, point, state
+    shown = frame[[c for c in columns if c in frame.columns]].copy()
     if "rank" in shown:
         shown["rank"] = shown["rank"].astype("string").fillna("-")  # pandas prints a missing integer as <NA>
+    for column in PARALLEL_COLUMNS:
+        if column in shown:
+            shown[column] = shown[column].astype("Int64").astype("string").fillna("-")
     for column in ("failure_reason", "prune_reason"):
         shown[column] = shown[column].map(lambda v: v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...")
-    return str(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.4g}")) + "\n"
+    shown = shown.rename(columns=PARALLEL_COLUMNS)
+    text = str(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.4g}")) + "\n"
+    if "best_at_length" in frame and frame["best_at_length"].fillna(False).astype(bool).any():
+        best = frame[frame["best_at_length"].fillna(False).astype(bool)].sort_values(LENGTH)
+        lines = [f"  sequence_length {int(r[LENGTH])}: trial {r['number']} {r['point']}" for _, r in best.iterrows()]
+        text += "best at each sequence length:\n" + "\n".join(lines) + "\n"
+    return text

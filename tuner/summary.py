@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.table import Table
 
-from tuner.ranking import Ranked, best
+from tuner.ranking import Ranked, best, best_per_length
 from tuner.store import REPEAT_OF, pareto_front, redact
 
 
@@ -72,12 +72,18 @@ def failure_lines(ranking: Sequence[Ranked]) -> list[str]:
 
 
 def best_line(ranking: Sequence[Ranked], objectives: Sequence[str], study: str, storage: str) -> str | None:
-    """`best: trial N ...` and how to export it, or None when no trial completed."""
+    """`best: trial N ...` and how to export it (and the best at each sequence length where the study searched
+    several), or None when no trial completed."""
     top = best(ranking)
     if top is None:
         return None
     first = " (by the first objective)" if len(objectives) > 1 else ""
-    return (
-        f"best: {top.describe(objectives[0])}{first}\n"
-        f"export it: tuner export --study {study} --storage {redact(storage)} --output ds_config.json"
-    )
+    lines = [
+        f"best: {top.describe(objectives[0])}{first}",
+        f"export it: tuner export --study {study} --storage {redact(storage)} --output ds_config.json",
+    ]
+    per_length = best_per_length(ranking)
+    if per_length:
+        lines.append("best at each sequence length (export one with --trial N):")
+        lines += [f"  sequence_length {n}: {r.describe(objectives[0])}" for n, r in per_length.items()]
+    return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tuner.estimate import Setup, estimate
 from tuner.evidence import Evidence
 from tuner.orders import learned_direction as stage_direction
@@ -71,3 +73,43 @@ def test_decide_rules_out_with_no_margin_on_evidence_and_keeps_on_a_fit() -> Non
     both = Evidence(fitted=((Point(16, 2), need),), ran_out=((Point(8, 1), need),), offload_counts=False)
     assert decide(shape, setup, point, budget, evidence=both).fits is True  # a fit that needs more wins
     assert decide(shape, setup, point, Budget(None), evidence=evidence).fits is None  # no budget, no verdict
+
+
+TP2, SP2 = {"tensor_parallel_size": 2}, {"sequence_parallel_size": 2}
+
+
+def test_tp_and_sp_are_ordered_by_memory_tp_only_where_zero_partitions_nothing() -> None:
+    """More tp or sp shards a layer's work, so needs less memory at the same micro-batch; but AutoTP's ranks
+    leave ZeRO's partition group, so at ZeRO 1-3 tp2 can need more than tp1 (tuner.orders)."""
+    assert needs_at_least(Point(8, 0), Point(8, 0, **TP2), direction=0)
+    assert not needs_at_least(Point(8, 0, **TP2), Point(8, 0), direction=0)
+    assert not needs_at_least(Point(16, 0, **TP2), Point(8, 0), direction=0)  # less tp on one axis: unknown
+    for stage in (1, 2, 3):
+        assert not needs_at_least(Point(8, stage), Point(8, stage, **TP2), direction=0)
+        assert not needs_at_least(Point(8, stage, **TP2), Point(8, stage), direction=0)
+        assert needs_at_least(Point(8, stage), Point(8, stage, **SP2), direction=0)  # Ulysses stays in ZeRO's group
+        assert not needs_at_least(Point(8, stage, **SP2), Point(8, stage), direction=0)
+
+
+def test_a_tp1_point_that_fitted_keeps_its_tp2_twin_and_a_tp2_that_ran_out_rules_tp1_out_at_stage_0() -> None:
+    fitted = Evidence(fitted=((Point(8, 0), 0.5),))
+    assert fitted.fitted_witness(Point(8, 0, **TP2)) == Point(8, 0)
+    assert fitted.fitted_witness(Point(8, 0, **SP2)) == Point(8, 0)
+    ran_out = Evidence(ran_out=((Point(8, 0, **TP2), 0.5),))
+    assert ran_out.ran_out_witness(Point(8, 0), 0.6) is not None
+    assert Evidence(ran_out=((Point(8, 3, **TP2), 0.5),)).ran_out_witness(Point(8, 3), 0.4) is None
+
+
+@pytest.mark.parametrize("knob", ["tiled_mlp", "tiled_logits", "activation_checkpointing"])
+def test_tiling_saves_memory_as_checkpointing_does(knob: str) -> None:
+    on = {knob: True}
+    assert needs_at_least(Point(8, 1), Point(8, 1, **on), direction=0)
+    assert not needs_at_least(Point(8, 1, **on), Point(8, 1), direction=0)
+    assert Evidence(fitted=((Point(8, 1), 0.5),)).fitted_witness(Point(8, 1, **on)) == Point(8, 1)
+    assert Evidence(ran_out=((Point(8, 1, **on), 0.5),)).ran_out_witness(Point(8, 1), 0.4) is not None
+
+
+def test_a_longer_sequence_needs_at_least_what_a_shorter_one_did() -> None:
+    short, long = Point(8, 1, sequence_length=1024), Point(8, 1, sequence_length=4096)
+    assert needs_at_least(long, short, direction=0) and not needs_at_least(short, long, direction=0)
+    assert Evidence(ran_out=((short, 0.5),)).ran_out_witness(long, 0.4) is not None

@@ -301,3 +301,97 @@ def test_nothing_measured_yet_starts_with_the_largest_micro_batch_and_least_work
         if not (opt == "cpu" and z == 0)
     ]
     assert next_point(candidates, {}) == Point(16, 0)
+
+
+# Tensor and sequence parallelism, tiling and the sequence length (rules 2-4 of tuner.guided), on synthetic
+# landscapes replayed as the searcher drives guided. Values are tokens/s; None ran out of memory.
+TP2 = {"tensor_parallel_size": 2}
+
+
+def layouts(values: Mapping[tuple[int, int, int], float | None]) -> dict[Point, float | None]:
+    """{(micro-batch, stage, tp): value} as points."""
+    return {Point(mb, z, tensor_parallel_size=tp): v for (mb, z, tp), v in values.items()}
+
+
+def test_where_tp1_fits_no_tp2_point_is_measured_and_tp1_wins() -> None:
+    """Rule 3: every tp2 point has a tp1 twin that fitted, so none is measured, even one whose value (never
+    seen) would be higher: the rule is taken as certain, not widened by the slack."""
+    values = layouts({
+        (4, 0, 1): 900.0, (8, 0, 1): 1000.0, (4, 1, 1): 850.0, (8, 1, 1): 990.0,
+        (4, 0, 2): 700.0, (8, 0, 2): 1005.0, (4, 1, 2): 650.0, (8, 1, 2): 800.0,
+    })  # fmt: skip
+    trace = replay(values)
+    check_trace(trace)
+    assert not [p.label() for p, _ in trace if p.tensor_parallel_size == 2]
+    assert pick(trace) == Point(8, 0)
+    # mb4 z0 and z1 are bounded by their mb8 (1,000 and 990) within the slack of the best, so measured (rule 1)
+    assert [p.label() for p, _ in trace] == ["mb8 z0", "mb8 z1", "mb4 z0", "mb4 z1"]
+
+
+def test_where_tp1_runs_out_of_memory_tp2_is_measured_and_wins() -> None:
+    """The tp1 twin ran out at mb8, so mb8 tp2 is unbounded and measured; it beats mb4 tp1. mb4 tp2 is never
+    measured: its tp1 twin fitted (and mb8 tp2 bounds it)."""
+    values = layouts({(4, 0, 1): 900.0, (8, 0, 1): None, (4, 0, 2): 700.0, (8, 0, 2): 1100.0})
+    trace = replay(values)
+    check_trace(trace)
+    assert [(p.label(), o.value) for p, o in trace] == [("mb8 z0", None), ("mb8 z0 tp2", 1100.0), ("mb4 z0", 900.0)]
+    assert pick(trace) == Point(8, 0, **TP2)
+
+
+def test_where_the_memory_model_rules_tp1_out_tp2_is_measured_first() -> None:
+    """A tp1 point the memory model rules out is never measured, so nothing bounds its tp2 twin; at the
+    largest micro-batch still open, tp2 goes first."""
+    values = layouts({(4, 0, 1): 900.0, (8, 0, 1): 1000.0, (4, 0, 2): 700.0, (8, 0, 2): 950.0})
+    trace = replay(values, fits=lambda p: p != Point(8, 0))
+    assert [p.label() for p, _ in trace] == ["mb8 z0 tp2", "mb4 z0"]
+    assert pick(trace) == Point(8, 0, **TP2)
+
+
+def test_sequence_parallelism_follows_the_same_rule() -> None:
+    sp2 = {"sequence_parallel_size": 2}
+    candidates = [Point(8, 0), Point(8, 0, **sp2), Point(8, 1, **sp2)]
+    assert next_point(candidates, {Point(8, 0): Outcome(100.0)}) == Point(8, 1, **sp2)  # z1 is not z0's twin
+    assert next_point(candidates, {Point(8, 0): Outcome(100.0), Point(8, 1, **sp2): Outcome(60.0)}) is None
+    assert next_point(candidates, {Point(8, 0): Outcome(None, oom=True)}) == Point(8, 0, **sp2)
+
+
+@pytest.mark.parametrize("knob", ["tiled_mlp", "tiled_logits"])
+def test_tiling_is_bounded_by_its_untiled_twin_and_measured_where_that_ran_out(knob: str) -> None:
+    """Rule 2 as for checkpointing: a tiled point is never predicted faster than its untiled twin; it is
+    measured where the twin ran out of memory, and within the slack of the best as checkpointing is."""
+    tiled = {knob: True}
+    candidates = [Point(8, 0), Point(8, 1), Point(8, 1, **tiled)]
+    far = {Point(8, 0): Outcome(120.0), Point(8, 1): Outcome(100.0)}
+    assert next_point(candidates, far) is None  # bounded by 100, 17% below the best
+    near = {Point(8, 0): Outcome(101.0), Point(8, 1): Outcome(100.0)}
+    assert next_point(candidates, near) == Point(8, 1, **tiled)  # within the slack
+    ran_out = {Point(8, 0): Outcome(120.0), Point(8, 1): Outcome(None, oom=True)}
+    assert next_point(candidates, ran_out) == Point(8, 1, **tiled)  # another family: unbounded
+
+
+def test_each_sequence_length_has_its_own_best() -> None:
+    """Rule 4: longer sequences run fewer tokens/s, yet guided goes on at 128 tokens until nothing there can
+    beat the best at 128: mb8 z2 is within the slack of that best (bounded by mb8 z1), never of the 64-token
+    best, and wins at 128 although rule 2 says it cannot beat mb8 z1."""
+    values = {
+        Point(8, 0, sequence_length=64): 1000.0, Point(8, 1, sequence_length=64): 950.0,
+        Point(8, 2, sequence_length=64): 900.0,
+        Point(8, 0, sequence_length=128): 500.0, Point(8, 1, sequence_length=128): 490.0,
+        Point(8, 2, sequence_length=128): 520.0,
+    }  # fmt: skip
+    trace = replay(values)
+    best = {}
+    for point, outcome in trace:
+        if outcome.value is not None and outcome.value > best.get(point.sequence_length, (0.0,))[0]:
+            best[point.sequence_length] = (outcome.value, point.label())
+    assert best == {64: (1000.0, "mb8 z0 s64"), 128: (520.0, "mb8 z2 s128")}
+    assert Point(8, 2, sequence_length=64) not in dict(trace)  # 950 x 1.03 < 1000 at 64 tokens
+
+
+def test_the_slack_widens_negative_values_too() -> None:
+    """A minimised objective reaches guided negated (higher is better): the slack still widens the bound."""
+    candidates = [Point(8, 1), Point(8, 2), Point(4, 2)]
+    near = {Point(8, 1): Outcome(-1.00), Point(8, 2): Outcome(-1.02)}
+    assert next_point(candidates, near) == Point(4, 2)  # -1.02 + 3% of 1.02 > -1.00
+    far = {Point(8, 1): Outcome(-1.00), Point(8, 2): Outcome(-1.05)}
+    assert next_point(candidates, far) is None
