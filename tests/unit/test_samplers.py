@@ -125,3 +125,29 @@ def test_a_trial_another_search_reclaimed_meanwhile_keeps_that_record() -> None:
     result = TrialResult({"tokens_per_s": 5.0, "step_time_s": 1.0}, duration_s=1.0)
     searcher.on_trial_complete("t0", {RESULT_KEY: result.to_json()})  # no error
     assert study.trials[0].state == TrialState.FAIL and not searcher.state.in_flight
+
+
+def test_each_searched_length_re_measures_its_own_best_few() -> None:
+    """Tokens/s at 4096 tokens is lower than at 1024 by the workload, not the layout: the near points of each
+    length are re-measured, not only those of the fastest length."""
+    from types import SimpleNamespace
+
+    values = {
+        Point(4, 0, sequence_length=1024): 1000.0, Point(4, 1, sequence_length=1024): 950.0,
+        Point(2, 0, sequence_length=1024): 500.0,
+        Point(1, 0, sequence_length=4096): 300.0, Point(1, 1, sequence_length=4096): 290.0,
+    }  # fmt: skip
+    done = {p: SimpleNamespace(number=i) for i, p in enumerate(values)}
+    repeats: set[Point] = set()
+    view = SimpleNamespace(
+        busy=lambda: False, done=done, value=values.get, repeats=repeats, skipped=set()
+    )  # fmt: skip
+    step = Remeasure(0.1, workloads=2)
+    proposed = []
+    while isinstance(proposal := step.propose(view), Proposal):
+        proposed.append(proposal.point)
+        repeats.add(proposal.point)
+    assert proposal == DONE
+    assert proposed == [Point(4, 0, sequence_length=1024), Point(4, 1, sequence_length=1024),
+                        Point(1, 0, sequence_length=4096), Point(1, 1, sequence_length=4096)]  # fmt: skip
+    assert step.extra_trials() == 6

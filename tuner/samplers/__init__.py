@@ -23,7 +23,8 @@ def make_sampler(space: Space) -> Sampler:
     """The space's sampler, then the best few re-measured (guided), then the communication knobs."""
     steps: list[Sampler] = [MAIN_SAMPLERS[space.search.sampler](space)]
     if space.search.sampler in REMEASURING and space.search.remeasure_within > 0:
-        steps.append(Remeasure(space.search.remeasure_within))
+        lengths = max(1, len(space.data.lengths))  # each length re-measures its own best few
+        steps.append(Remeasure(space.search.remeasure_within, workloads=lengths))
     steps.append(CommPhase(space.space.comm_lists()))
     return Phases(*steps)
 

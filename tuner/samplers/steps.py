@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.comm import comm_budget, next_comm_point
+from tuner.orders import workload_key
 from tuner.points import Point
 from tuner.samplers.base import DONE, WAIT, Done, Proposal, SearchView, Wait
 from tuner.store import REPEAT_OF
@@ -16,31 +17,35 @@ class Remeasure:
     """One more measurement of each point within `within` of the best (at most `max_points`), ranked by mean.
 
     One measurement can be off by more than the gap between the best few points (a median 13% and up to
-    63% between runs of the same point on a shared 2-core machine, benchmarks/results).
+    63% between runs of the same point on a shared 2-core machine, benchmarks/results). Each workload (a
+    searched sequence length, tuner.orders.workload_key) has its own best, so its own near points and its own
+    `max_points`.
     """
 
-    def __init__(self, within: float, max_points: int = REMEASURE_MAX_POINTS) -> None:
-        self.within, self.max_points = within, max_points
+    def __init__(self, within: float, max_points: int = REMEASURE_MAX_POINTS, workloads: int = 1) -> None:
+        self.within, self.max_points, self.workloads = within, max_points, workloads
 
     def propose(self, view: SearchView) -> Proposal | Wait | Done:
         if view.busy():
             return WAIT  # the best must be known first
         values = {p: v for p in view.done if not p.comm and (v := view.value(p)) is not None}
-        if not values or len([p for p in view.repeats if not p.comm]) >= self.max_points:
-            return DONE
-        best = max(values.values())
-        near = [
-            p
-            for p, v in values.items()
-            if p not in view.repeats and p not in view.skipped and v >= best - abs(best) * self.within
-        ]
-        if not near:
-            return DONE
-        choice = max(near, key=lambda p: values[p])
-        return Proposal(choice, attrs={REPEAT_OF: view.done[choice].number})
+        for workload in sorted({workload_key(p) for p in values}, key=str):
+            mine = {p: v for p, v in values.items() if workload_key(p) == workload}
+            if len([p for p in view.repeats if not p.comm and workload_key(p) == workload]) >= self.max_points:
+                continue
+            best = max(mine.values())
+            near = [
+                p
+                for p, v in mine.items()
+                if p not in view.repeats and p not in view.skipped and v >= best - abs(best) * self.within
+            ]
+            if near:
+                choice = max(near, key=lambda p: mine[p])
+                return Proposal(choice, attrs={REPEAT_OF: view.done[choice].number})
+        return DONE
 
     def extra_trials(self) -> int:
-        return self.max_points
+        return self.max_points * self.workloads
 
 
 class CommPhase:
