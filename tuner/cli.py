@@ -375,6 +375,58 @@ def export(
 
 
 @app.command()
+def check(
+    ds_config: Annotated[Path, typer.Argument(help="The exported ds_config.json to check.", show_default=False)],
+    provenance: Annotated[
+        Path | None, typer.Option(help="Its provenance file (default: the .provenance.json export wrote beside it).")
+    ] = None,
+    max_slowdown: Annotated[
+        float, typer.Option(help="Fail when tokens/s (samples/s) fell more than this fraction (0.05 is 5%).")
+    ] = 0.05,
+    max_memory_growth: Annotated[
+        float, typer.Option(help="Fail when peak memory rose more than this fraction (0.05 is 5%).")
+    ] = 0.05,
+    device_memory_gb: Annotated[
+        float | None, typer.Option(help="Check under this memory budget per device instead of the search's.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (auto, HOST:PORT, ...).")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Where the check's trial log goes (a folder per study).")] = Path(
+        "tuner_runs"
+    ),
+    record: Annotated[
+        bool, typer.Option("--record", help="Keep the check as a trial of the original study (check_of: N).")
+    ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", envvar="TUNER_STORAGE", help="Where to --record (default: the provenance's)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, or json: one object for CI.")] = "text",
+) -> None:
+    """Re-run an exported config as one trial of its search and compare with what was recorded.
+
+    Exit 0 within tolerance, 1 slower, bigger or failed, 2 bad input.
+    """
+    import json
+
+    from tuner.check_cmd import Request, check_json, check_lines, prepare, run_check
+
+    request = Request(
+        ds_config, provenance, max_slowdown, max_memory_growth, device_memory_gb, address, run_dir, record, storage,
+        fmt,
+    )  # fmt: skip
+    try:
+        inputs, url = prepare(request)
+        checked = run_check(request, inputs, url)
+    except SpaceError as exc:
+        _fail(exc)
+    if fmt == "json":
+        out.print(json.dumps(check_json(checked), indent=2), markup=False, soft_wrap=True)
+    else:
+        out.print("\n".join(check_lines(checked)), markup=False)
+    raise typer.Exit(checked.verdict.exit_code)
+
+
+@app.command()
 def results(
     study: Annotated[str, typer.Option(help="The study to list.", show_default=False)],
     storage: StorageOpt = None,
@@ -388,7 +440,7 @@ def results(
 
     url = storage or DEFAULT_STORAGE
     try:
-        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
+        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study), checks=True)
         text = write_results(frame, fmt, output)
     except SpaceError as exc:
         _fail(exc)

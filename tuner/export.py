@@ -109,6 +109,17 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _device(trial: FrozenTrial, study: optuna.Study) -> dict[str, str]:
+    """The device the trial measured on, as its rank 0 named it (`tuner check` prints a change of it); the
+    study's device kind where the trial's folder is not on this machine."""
+    from tuner.check_run import result_device
+
+    log = trial.user_attrs.get("log_path")
+    name = result_device(Path(log).parent) if isinstance(log, str) else None
+    kind = study.user_attrs.get("accelerator")
+    return {"device": name} if name else {"device": str(kind)} if kind else {}
+
+
 def _installed(package: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -215,7 +226,8 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
-        "versions": _versions(),
+        "space": space or None,  # the resolved space the study kept: what `tuner check` rebuilds the trial from
+        "versions": {**_versions(), **_device(trial, study)},
     }
 
 

@@ -19,7 +19,7 @@ from tuner.knobs import BY_NAME, MAIN_NAMES
 from tuner.parallel import LENGTH, SP, TP, data_parallel
 from tuner.points import COMM_PREFIX
 from tuner.ranking import Ranked, best_per_length, objective_names, rank_study
-from tuner.store import REPEAT_OF, pareto_front
+from tuner.store import CHECK_OF, REPEAT_OF, check_trials, pareto_front
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +54,7 @@ def _row(ranked: Ranked, names: list[str], front: set[int], ranks: int | None, b
     row["mean_of_measurements"] = ranked.mean if ranked.measurements > 1 else None
     row["measurements"] = ranked.measurements
     row[REPEAT_OF] = a.get(REPEAT_OF)
+    row[CHECK_OF] = a.get(CHECK_OF)
     for key in FIGURES:
         value = a.get(key)
         row[key] = float(value) if isinstance(value, (int, float)) else None
@@ -66,17 +67,19 @@ def _row(ranked: Ranked, names: list[str], front: set[int], ranks: int | None, b
     return row
 
 
-def results_frame(study: optuna.Study) -> pd.DataFrame:
+def results_frame(study: optuna.Study, checks: bool = False) -> pd.DataFrame:
     """One row per trial in the study's ranking (tuner.ranking): completed points best first by the mean of
-    their measurements, each followed by its re-measurements; then running, failed and pruned trials."""
+    their measurements, each followed by its re-measurements; then running, failed and pruned trials; and with
+    `checks`, last and unranked, the `tuner check --record` re-runs of an exported trial (`check_of`)."""
     import pandas as pd
 
     names = objective_names(study)
     front = {t.number for t in pareto_front(study)} if len(names) > 1 else set()
     ranking = rank_study(study)
+    unranked = [Ranked(t, None, None, 0, represents=False) for t in check_trials(study)] if checks else []
     ranks = (study.user_attrs.get("space") or {}).get("hardware", {}).get("gpus_per_trial")
     best_at = {r.number for r in best_per_length(ranking).values()}
-    frame = pd.DataFrame([_row(r, names, front, ranks, best_at) for r in ranking])
+    frame = pd.DataFrame([_row(r, names, front, ranks, best_at) for r in ranking + unranked])
     if not frame.empty:
         frame["rank"] = frame["rank"].astype("Int64")
     return frame
@@ -129,10 +132,12 @@ def table_text(frame: pd.DataFrame) -> str:
     columns = list(TABLE_COLUMNS)
     if searched_parallelism(frame):
         columns[3:3] = [c for c in PARALLEL_COLUMNS if c in frame.columns]  # after number, point, state
+    if CHECK_OF in frame and frame[CHECK_OF].notna().any():
+        columns.insert(columns.index("rank") + 1, CHECK_OF)
     shown = frame[[c for c in columns if c in frame.columns]].copy()
     if "rank" in shown:
         shown["rank"] = shown["rank"].astype("string").fillna("-")  # pandas prints a missing integer as <NA>
-    for column in PARALLEL_COLUMNS:
+    for column in (*PARALLEL_COLUMNS, CHECK_OF):
         if column in shown:
             shown[column] = shown[column].astype("Int64").astype("string").fillna("-")
     for column in ("failure_reason", "prune_reason"):
