@@ -154,6 +154,7 @@ class Recorded:
     measured_ranks: int
     space: dict[str, Any] | None  # the resolved space the study kept; None in an older provenance
     space_file: str | None
+    script_sha256: str | None = None  # a script study: the hash of the script file its trials ran
     notes: list[str] = field(default_factory=list)
 
 
@@ -186,6 +187,7 @@ def read_provenance(data: Any) -> Recorded:
         measured_ranks=ranks,
         space=space if isinstance(space, dict) else None,
         space_file=data.get("space_file") if isinstance(data.get("space_file"), str) else None,
+        script_sha256=(data.get("script") or {}).get("sha256") if isinstance(data.get("script"), dict) else None,
     )
 
 

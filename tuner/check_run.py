@@ -7,6 +7,7 @@ exactly what a trial of the search measured; only the comparison (tuner.check) i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,6 +97,10 @@ def load_inputs(config_path: Path, provenance: Path | None, device_memory_gb: fl
     space = _space(recorded)
     accelerator = detect_accelerator(space)
     spec, notes = rebuild(recorded, space, config, accelerator, device_memory_gb)
+    if space.script is not None and recorded.script_sha256:
+        digest = hashlib.sha256(Path(space.script).read_bytes()).hexdigest()
+        if digest != recorded.script_sha256:
+            notes.append(f"{space.script} changed since it was measured: the check runs it as it is now")
     return Inputs(config_path, prov_path, recorded, space, config, spec, accelerator, notes)
 
 

@@ -406,7 +406,9 @@ def check(
 
     Exit 0 within tolerance, 1 slower, bigger or failed, 2 bad input.
     """
+    import contextlib
     import json
+    import sys
 
     from tuner.check_cmd import Request, check_json, check_lines, prepare, run_check
 
@@ -414,9 +416,11 @@ def check(
         ds_config, provenance, max_slowdown, max_memory_growth, device_memory_gb, address, run_dir, record, storage,
         fmt,
     )  # fmt: skip
+    # stdout is the check alone (--format json: one object): what DeepSpeed logs on import goes to stderr.
     try:
-        inputs, url = prepare(request)
-        checked = run_check(request, inputs, url)
+        with contextlib.redirect_stdout(sys.stderr):
+            inputs, url = prepare(request)
+            checked = run_check(request, inputs, url)
     except SpaceError as exc:
         _fail(exc)
     if fmt == "json":
