@@ -191,6 +191,13 @@ def read_provenance(data: Any) -> Recorded:
     )
 
 
+def recorded_cpus(figures: Mapping[str, Any], ranks_per_node: int) -> int | None:
+    """The CPUs a node's ranks get in the check: the threads per rank the trial measured with, times its ranks
+    (a tiny model on CPU ran 11x faster with 1 thread than with 2 on a busy machine); None when not recorded."""
+    threads = figures.get("threads_per_rank")
+    return int(threads) * ranks_per_node if isinstance(threads, (int, float)) and threads >= 1 else None
+
+
 BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.check import Recorded, read_provenance, rebuild
+from tuner.check import Recorded, read_provenance, rebuild, recorded_cpus
 from tuner.errors import SpaceError
 from tuner.result import TrialResult
 from tuner.space import Space
@@ -76,6 +76,11 @@ class Inputs:
     spec: TrialSpec
     accelerator: str
     notes: list[str]
+
+    @property
+    def cpus(self) -> int | None:
+        """The CPUs of each node's ranks: as many threads per rank as the recorded trial had."""
+        return recorded_cpus(self.recorded.figures, self.space.hardware.ranks_per_node)
 
 
 def load_inputs(config_path: Path, provenance: Path | None, device_memory_gb: float | None) -> Inputs:
@@ -167,13 +172,18 @@ def run_here(inputs: Inputs, trial_dir: Path) -> tuple[TrialResult, dict[str, st
         raise SpaceError("hardware.nodes_per_trial", f"{hardware.nodes_per_trial} nodes: give --address, the cluster")
     result = run_trial(
         inputs.spec, trial_dir, ranks=hardware.gpus_per_trial, accelerator=inputs.accelerator,
-        timeout_s=inputs.space.trial.timeout_s, cpus=_local_cpus(inputs.space, inputs.accelerator),
+        timeout_s=inputs.space.trial.timeout_s, cpus=inputs.cpus or _local_cpus(inputs.space, inputs.accelerator),
     )  # fmt: skip
     return result, software_versions(inputs.accelerator, trial_dir)
 
 
 def _cluster_trial(
-    spec: TrialSpec, bundles: list[dict[str, float]], ranks_per_node: int, accelerator: str, timeout_s: float
+    spec: TrialSpec,
+    bundles: list[dict[str, float]],
+    ranks_per_node: int,
+    accelerator: str,
+    timeout_s: float,
+    cpus: int | None,
 ) -> tuple[str, dict[str, bytes], dict[str, str]]:
     """A Ray task in the check's placement group (bundle 0): the trial as the search's trainable runs it, in a
     scratch folder whose files travel back with the result and the node's versions."""
@@ -190,7 +200,7 @@ def _cluster_trial(
         else:
             result = run_trial(
                 spec, scratch, ranks=ranks_per_node, accelerator=accelerator, timeout_s=timeout_s,
-                cpus=int(bundles[0]["CPU"]),
+                cpus=cpus or int(bundles[0]["CPU"]),
             ).placed([node_name()])  # fmt: skip
         return result.to_json(), read_files(scratch), software_versions(accelerator, scratch)
     finally:
@@ -228,7 +238,9 @@ def run_on_cluster(inputs: Inputs, trial_dir: Path, address: str) -> tuple[Trial
             ),
         )  # fmt: skip
         raw, files, versions = ray.get(
-            task.remote(inputs.spec, bundles, space.hardware.ranks_per_node, accelerator, space.trial.timeout_s)
+            task.remote(
+                inputs.spec, bundles, space.hardware.ranks_per_node, accelerator, space.trial.timeout_s, inputs.cpus
+            )
         )
     finally:
         remove_placement_group(group)

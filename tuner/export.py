@@ -37,6 +37,7 @@ from tuner.workload.script import fill_args, trial_values
 FIGURE_KEYS = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps",
     "peak_mem_gb", "peak_reserved_gb", "final_loss", "num_parameters", "trainable_parameters",
+    "threads_per_rank",  # `tuner check` runs with as many
 )  # fmt: skip
 
 

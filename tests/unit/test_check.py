@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from tests.conftest import TINY_GPT2
 from tests.unit.test_ranking import DISTRIBUTIONS
-from tuner.check import Delta, check_limit, judge, read_provenance, rebuild, version_changes
+from tuner.check import Delta, check_limit, judge, read_provenance, rebuild, recorded_cpus, version_changes
 from tuner.dsconfig import build_ds_config
 from tuner.errors import SpaceError
 from tuner.points import Point
@@ -188,3 +188,8 @@ def test_a_recorded_check_ranks_nowhere_but_results_list_it(tmp_path: Path) -> N
     assert list(frame["number"]) == [0, 1, 2] and frame.iloc[2][CHECK_OF] == 0 and frame["rank"].isna().iloc[2]
     assert "check_of" in table_text(frame).splitlines()[0]
     json.dumps(frame.iloc[2][CHECK_OF].item())  # a plain integer in the JSON results
+
+
+def test_the_check_gives_each_rank_the_threads_the_trial_measured_with() -> None:
+    assert recorded_cpus({"threads_per_rank": 2.0}, 4) == 8
+    assert recorded_cpus({}, 4) is None and recorded_cpus({"threads_per_rank": 0.0}, 1) is None
