@@ -193,3 +193,18 @@ def test_a_recorded_check_ranks_nowhere_but_results_list_it(tmp_path: Path) -> N
 def test_the_check_gives_each_rank_the_threads_the_trial_measured_with() -> None:
     assert recorded_cpus({"threads_per_rank": 2.0}, 4) == 8
     assert recorded_cpus({}, 4) is None and recorded_cpus({"threads_per_rank": 0.0}, 1) is None
+
+
+def test_a_script_winner_whose_script_is_gone_is_bad_input(tmp_path: Path) -> None:
+    from tuner.check_run import load_inputs
+
+    script = {k: v for k, v in SPACE.items() if k != "model"}
+    script["workload"] = {"script": str(tmp_path / "gone.py"), "args": ["--deepspeed_config", "{ds_config}"]}
+    prov = provenance(space=parse_space(copy.deepcopy(script), "s").model_dump(mode="json"))
+    (tmp_path / "ds_config.json").write_text(json.dumps(measured_config()))
+    (tmp_path / "ds_config.provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(SpaceError, match=r"workload.script: .*gone.py is gone: a script winner is checked by running"):
+        load_inputs(tmp_path / "ds_config.json", None, None)
+    (tmp_path / "gone.py").write_text("print('trains')\n")
+    inputs = load_inputs(tmp_path / "ds_config.json", None, None)
+    assert inputs.spec.script == str(tmp_path / "gone.py") and inputs.spec.script_args[1] == "{ds_config}"
