@@ -585,6 +585,51 @@ CASES: list[Case] = [
 ]
 
 
+def _check_files(config: dict[str, Any] | None = None, **prov: Any) -> dict[str, bytes]:
+    """An export of GOOD's point mb2 z0 for `tuner check`: c.json and its provenance (with `prov` changed)."""
+    from tuner.dsconfig import build_ds_config
+    from tuner.points import Point
+    from tuner.space import parse_space
+
+    point = Point(2, 0)
+    built = build_ds_config({}, point, global_batch=8, ranks=2, precision="fp32", accelerator="cpu")
+    record = {
+        "study": "bad-input", "storage": "sqlite:///store.db", "trial": 0, "point": point.params(),
+        "figures": {"tokens_per_s": 100.0, "peak_mem_gb": 1.0}, "measured_ranks": 2, "world_size": 2,
+        "space": parse_space(copy.deepcopy(GOOD), "bad-input").model_dump(mode="json"), **prov,
+    }  # fmt: skip
+    return {"c.json": json.dumps(config or built).encode(), "c.provenance.json": json.dumps(record).encode()}
+
+
+CHECK = _check_files()
+CASES += [
+    flag("check", "c.json", key="DS_CONFIG", says="no such file: c.json"),
+    flag("check", "c.json", key="--provenance", says="no provenance file", files={"c.json": CHECK["c.json"]}),
+    flag("check", "c.json", key="--provenance", says="'figures' is missing", files=_check_files(figures=None)),
+    flag("check", "c.json", key="--provenance", says="no peak_mem_gb", files=_check_files(figures={"tokens_per_s": 1})),
+    flag("check", "c.json", "--max-slowdown", "2", key="--max-slowdown", says="from 0 to below 1", files=CHECK),
+    flag("check", "c.json", "--max-memory-growth", "-1", key="--max-memory-growth", says="at least 0", files=CHECK),
+    flag("check", "c.json", "--device-memory-gb", "0", key="--device-memory-gb", says="more than 0", files=CHECK),
+    flag("check", "c.json", "--format", "yaml", key="--format", says="text, json", files=CHECK),
+    flag(
+        "check",
+        "c.json",
+        key="train_micro_batch_size_per_gpu",
+        says="the committed config has 1",
+        files=_check_files({**json.loads(CHECK["c.json"]), "train_micro_batch_size_per_gpu": 1}),
+    ),
+    flag("check", "c.json", "--record", key="--provenance", says="no study named 'bad-input'", files=CHECK, store=True),
+    flag(
+        "check",
+        "c.json",
+        "--record",
+        key="--storage",
+        says="password masked",
+        files=_check_files(storage="postgresql://u:***@db/t"),
+    ),
+]
+
+
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.chdir(tmp_path)
@@ -597,6 +642,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setattr("ray.nodes", lambda: [{"Alive": True, "Resources": NODE}])
     monkeypatch.setattr("ray.cluster_resources", lambda: NODE)
     monkeypatch.setattr("tuner.search.prebuild_everywhere", not_for_bad_input)  # a case that slips through
+    monkeypatch.setattr("tuner.check_cmd.run_check", not_for_bad_input)
     return CliRunner()
 
 
