@@ -9,7 +9,7 @@ tuner.check_run reads the files, runs the trial and records it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpaceError
@@ -155,7 +155,7 @@ class Recorded:
     space: dict[str, Any] | None  # the resolved space the study kept; None in an older provenance
     space_file: str | None
     script_sha256: str | None = None  # a script study: the hash of the script file its trials ran
-    notes: list[str] = field(default_factory=list)
+    accelerator: str | None = None  # cuda or cpu: what the trials ran on
 
 
 def _need(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -165,6 +165,11 @@ def _need(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> A
     return value
 
 
+def _mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def read_provenance(data: Any) -> Recorded:
     """The provenance's fields the check needs, each checked: a file that lacks one is bad input."""
     if not isinstance(data, dict):
@@ -172,7 +177,8 @@ def read_provenance(data: Any) -> Recorded:
     figures = _need(data, "figures", dict)
     compared_throughput(figures)
     space = data.get("space")
-    ranks = data.get("measured_ranks") or (data.get("measured_with") or {}).get("ranks")
+    measured_with = _mapping(data, "measured_with")
+    ranks, measured_on = data.get("measured_ranks") or measured_with.get("ranks"), measured_with.get("accelerator")
     if not isinstance(ranks, int) or ranks < 1:
         raise SpaceError("--provenance", "the key 'measured_ranks' is missing: is this a tuner export's file?")
     return Recorded(
@@ -181,13 +187,14 @@ def read_provenance(data: Any) -> Recorded:
         trial=_need(data, "trial", int),
         point=_need(data, "point", dict),
         figures=figures,
-        versions=dict(data.get("versions") or {}) if isinstance(data.get("versions"), dict) else {},
+        versions=_mapping(data, "versions"),
         fmt=str(data.get("format") or "deepspeed"),
         world_size=int(data.get("world_size") or ranks),
         measured_ranks=ranks,
         space=space if isinstance(space, dict) else None,
         space_file=data.get("space_file") if isinstance(data.get("space_file"), str) else None,
-        script_sha256=(data.get("script") or {}).get("sha256") if isinstance(data.get("script"), dict) else None,
+        script_sha256=_mapping(data, "script").get("sha256"),
+        accelerator=measured_on if measured_on in ("cuda", "cpu") else None,
     )
 
 

@@ -69,7 +69,7 @@ def prepare(request: Request) -> tuple[Inputs, str | None]:
         raise SpaceError("--format", f"must be one of {', '.join(FORMATS)}, got {request.fmt!r}")
     check_limit(request.max_slowdown, "--max-slowdown")
     check_limit(request.max_memory_growth, "--max-memory-growth")
-    inputs = load_inputs(request.config, request.provenance, request.device_memory_gb)
+    inputs = load_inputs(request.config, request.provenance, request.device_memory_gb, request.address)
     return inputs, record_url(request, inputs) if request.record else None
 
 
@@ -81,7 +81,7 @@ def run_check(request: Request, inputs: Inputs, url: str | None) -> Checked:
         from tuner.search import cluster_accelerator, connect_ray
 
         connect_ray(request.address, inputs.accelerator, inputs.space.hardware.gpus_per_trial)
-        accelerator = cluster_accelerator(inputs.space, inputs.accelerator)
+        accelerator = inputs.recorded.accelerator or cluster_accelerator(inputs.space, inputs.accelerator)
         inputs = for_accelerator(inputs, accelerator, request.device_memory_gb)
         result, versions = run_on_cluster(inputs, trial_dir, request.address)
     else:

@@ -83,8 +83,11 @@ class Inputs:
         return recorded_cpus(self.recorded.figures, self.space.hardware.ranks_per_node)
 
 
-def load_inputs(config_path: Path, provenance: Path | None, device_memory_gb: float | None) -> Inputs:
-    """Read and check the committed config and its provenance, and rebuild the trial; SpaceError on bad input."""
+def load_inputs(
+    config_path: Path, provenance: Path | None, device_memory_gb: float | None, address: str | None = None
+) -> Inputs:
+    """Read and check the committed config and its provenance, and rebuild the trial for the device kind the
+    trials ran on; SpaceError on bad input."""
     from tuner.search import detect_accelerator
 
     if device_memory_gb is not None and not device_memory_gb > 0:
@@ -100,7 +103,16 @@ def load_inputs(config_path: Path, provenance: Path | None, device_memory_gb: fl
         )
     recorded = read_provenance(_read_json(prov_path, "--provenance"))
     space = _space(recorded)
-    accelerator = detect_accelerator(space)
+    accelerator = recorded.accelerator or detect_accelerator(space)
+    if accelerator == "cuda" and address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpaceError(
+                "--address",
+                f"trial {recorded.trial} was measured on GPUs and this machine has none: run the check on a GPU "
+                "machine, or --address a Ray cluster with GPUs",
+            )
     spec, notes = rebuild(recorded, space, config, accelerator, device_memory_gb)
     if space.script is not None and recorded.script_sha256:
         digest = hashlib.sha256(Path(space.script).read_bytes()).hexdigest()

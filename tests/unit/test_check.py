@@ -208,3 +208,17 @@ def test_a_script_winner_whose_script_is_gone_is_bad_input(tmp_path: Path) -> No
     (tmp_path / "gone.py").write_text("print('trains')\n")
     inputs = load_inputs(tmp_path / "ds_config.json", None, None)
     assert inputs.spec.script == str(tmp_path / "gone.py") and inputs.spec.script_args[1] == "{ds_config}"
+
+
+def test_a_trial_measured_on_gpus_is_not_checked_on_a_machine_without_one(tmp_path: Path) -> None:
+    from tuner.check_run import load_inputs
+
+    assert read_provenance(provenance(measured_with={"accelerator": "cuda"})).accelerator == "cuda"
+    (tmp_path / "ds_config.json").write_text(json.dumps(measured_config()))
+    prov = provenance(measured_with={"accelerator": "cuda", "ranks": 2})
+    (tmp_path / "ds_config.provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(SpaceError, match="--address: trial 3 was measured on GPUs and this machine has none"):
+        load_inputs(tmp_path / "ds_config.json", None, None)
+    prov["measured_with"]["accelerator"] = "cpu"
+    (tmp_path / "ds_config.provenance.json").write_text(json.dumps(prov))
+    assert load_inputs(tmp_path / "ds_config.json", None, None).accelerator == "cpu"
