@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.cost import priced
 from tuner.errors import SpaceError
 from tuner.knobs import MAIN, SCALE, family_label
 from tuner.parallel import LENGTH
@@ -196,7 +197,7 @@ def _best_section(study: optuna.Study) -> str:
         '<div class="best" id="best">'
         f"<h2>Best configuration: trial {trial.number}, {html.escape(str(trial.user_attrs.get('point', '')))}</h2>"
         f"<p>{html.escape(names[0])} = {value}; peak memory "
-        f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
+        f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device{priced(trial.user_attrs)}.</p>"
         f"<p>Export it: <code>tuner export --study {html.escape(study.study_name)} --output ds_config.json</code></p>"
         f"<pre id='best-ds-config'>{html.escape(config)}</pre>{_per_length(study)}</div>"
     )
