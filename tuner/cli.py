@@ -346,6 +346,14 @@ def export(
     accelerator: Annotated[
         str | None, typer.Option(help="cuda or cpu: write the config for this device kind (default: the study's).")
     ] = None,
+    tokens: Annotated[
+        float | None,
+        typer.Option(
+            help="Print (and keep in the provenance) the days to train this many tokens, e.g. 2e12, on "
+            "--world-size ranks at the measured tokens/s per device.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
@@ -356,7 +364,7 @@ def export(
     url = storage or DEFAULT_STORAGE
     try:
         found = load_study(open_storage(url, "--storage", existing=True), study)
-        done = do_export(found, url, output, trial, world_size, fmt, accelerator)
+        done = do_export(found, url, output, trial, world_size, fmt, accelerator, tokens)
     except SpaceError as exc:
         _fail(exc)
     chosen = done.trial
@@ -365,6 +373,8 @@ def export(
     out.print(f"{wrote}{extra} and {done.provenance_path}", markup=False)
     for note in done.notes:
         out.print(f"note: {note}", markup=False)
+    if done.time_to_train is not None:
+        out.print(done.time_to_train.line(), markup=False)
     if done.command is not None:
         out.print("train your script with it: " + shlex.join(done.command), markup=False)
     if done.training_args is not None:
@@ -376,26 +386,46 @@ def export(
 
 @app.command()
 def results(
-    study: Annotated[str, typer.Option(help="The study to list.", show_default=False)],
+    study: Annotated[
+        str | None, typer.Option(help="The study to list (required without --compare).", show_default=False)
+    ] = None,
     storage: StorageOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="One row per study named after it: each study's best side by side.")
+    ] = False,
+    studies: Annotated[
+        list[str] | None, typer.Argument(help="With --compare: the studies to line up.", show_default=False)
+    ] = None,
 ) -> None:
-    """One row per trial, best first: the point, state, failure, every figure and the predicted memory."""
+    """One row per trial, best first: the point, state, failure, every figure and the predicted memory; with
+    --compare, the best of each study: tokens/s, per device, peak memory, USD per million tokens, device, ranks."""
+    from tuner.compare import compare_frame, compare_text, study_names
     from tuner.results import results_frame, write_results
     from tuner.space import DEFAULT_STORAGE
     from tuner.store import load_study, open_storage
 
     url = storage or DEFAULT_STORAGE
     try:
-        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
-        text = write_results(frame, fmt, output)
+        if studies and not compare:
+            raise SpaceError("--compare", f"studies as arguments ({' '.join(studies)}) are compared: add --compare")
+        if compare:
+            names = study_names([*([study] if study else []), *(studies or [])])
+            opened = open_storage(url, "--storage", existing=True)
+            frame = compare_frame([load_study(opened, name, "--compare") for name in names])
+            text = write_results(frame, fmt, output, compare_text)
+        elif study is None:
+            raise SpaceError("--study", "required: the study to list (or --compare STUDY STUDY ...)")
+        else:
+            frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
+            text = write_results(frame, fmt, output)
     except SpaceError as exc:
         _fail(exc)
     if text is not None:
         out.print(text, markup=False, end="")
     else:
-        err.print(f"wrote {len(frame)} trial(s) to {output}", markup=False)
+        err.print(f"wrote {len(frame)} {'studies' if compare else 'trial(s)'} to {output}", markup=False)
 
 
 @app.command()
