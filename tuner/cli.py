@@ -396,7 +396,8 @@ def results(
         bool, typer.Option("--compare", help="One row per study named after it: each study's best side by side.")
     ] = False,
     studies: Annotated[
-        list[str] | None, typer.Argument(help="With --compare: the studies to line up.", show_default=False)
+        list[str] | None,
+        typer.Argument(help="With --compare: the studies to line up.", metavar="STUDY", show_default=False),
     ] = None,
 ) -> None:
     """One row per trial, best first: the point, state, failure, every figure and the predicted memory; with
