@@ -128,18 +128,32 @@ def searched_parallelism(frame: pd.DataFrame) -> bool:
     return any(column in frame and (frame[column].fillna(1) > 1).any() for column in (TP, SP))
 
 
+def table_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns a reviewer reads first (the text table's and the report's); the tensor-, sequence- and
+    data-parallel sizes where the study searched tp or sp; a priced study's cost beside tokens/s."""
+    columns = list(TABLE_COLUMNS)
+    if TOKENS_COST in frame and frame[TOKENS_COST].notna().any():  # a priced study: its cost beside tokens/s
+        columns.insert(columns.index("tokens_per_s") + 1, TOKENS_COST)
+    if searched_parallelism(frame):
+        columns[3:3] = [c for c in PARALLEL_COLUMNS if c in frame.columns]  # after number, point, state
+    return [c for c in columns if c in frame.columns]
+
+
+def per_length_lines(frame: pd.DataFrame) -> list[str]:
+    """`sequence_length N: trial T POINT` for the best at each length, where the study searched several."""
+    if "best_at_length" not in frame or not frame["best_at_length"].fillna(False).astype(bool).any():
+        return []
+    best = frame[frame["best_at_length"].fillna(False).astype(bool)].sort_values(LENGTH)
+    return [f"sequence_length {int(r[LENGTH])}: trial {r['number']} {r['point']}" for _, r in best.iterrows()]
+
+
 def table_text(frame: pd.DataFrame) -> str:
     """The columns a reviewer reads first, as plain aligned text (the full set is in csv/json/parquet); the
     tensor-, sequence- and data-parallel sizes where the study searched tp or sp, and the best at each
     sequence length where it searched several."""
     if frame.empty:
         return "no trials\n"
-    columns = list(TABLE_COLUMNS)
-    if TOKENS_COST in frame and frame[TOKENS_COST].notna().any():  # a priced study: its cost beside tokens/s
-        columns.insert(columns.index("tokens_per_s") + 1, TOKENS_COST)
-    if searched_parallelism(frame):
-        columns[3:3] = [c for c in PARALLEL_COLUMNS if c in frame.columns]  # after number, point, state
-    shown = frame[[c for c in columns if c in frame.columns]].copy()
+    shown = frame[table_columns(frame)].copy()
     if "rank" in shown:
         shown["rank"] = shown["rank"].astype("string").fillna("-")  # pandas prints a missing integer as <NA>
     for column in PARALLEL_COLUMNS:
@@ -149,8 +163,7 @@ def table_text(frame: pd.DataFrame) -> str:
         shown[column] = shown[column].map(lambda v: v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...")
     shown = shown.rename(columns=PARALLEL_COLUMNS)
     text = str(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:,.4g}")) + "\n"
-    if "best_at_length" in frame and frame["best_at_length"].fillna(False).astype(bool).any():
-        best = frame[frame["best_at_length"].fillna(False).astype(bool)].sort_values(LENGTH)
-        lines = [f"  sequence_length {int(r[LENGTH])}: trial {r['number']} {r['point']}" for _, r in best.iterrows()]
-        text += "best at each sequence length:\n" + "\n".join(lines) + "\n"
+    lines = per_length_lines(frame)
+    if lines:
+        text += "best at each sequence length:\n" + "".join(f"  {line}\n" for line in lines)
     return text
