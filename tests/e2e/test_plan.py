@@ -165,3 +165,7 @@ def test_plan_header_names_the_hardware_it_assumed(tmp_path: Path, monkeypatch: 
     first = rented.stdout.splitlines()[0]
     assert first.startswith("hardware what-if (--device/--ranks): h200 (141 GB as sold, 140.4 GB of 2^30 bytes")
     assert "budget 140.401 GB less 1.00 GB of CUDA context" in rented.stdout
+    longest = CliRunner().invoke(app, ["plan", quickstart, "--max-context", "--device", "l4", "--ranks", "4"])
+    assert longest.exit_code == 0, longest.output
+    assert longest.stdout.startswith("hardware what-if (--device/--ranks): l4 (24 GB as sold, 22.5 GB")
+    assert "4 rank(s) on 1 node(s) of 4" in longest.stdout and "in 22.4941 GB less 1.00 GB" in longest.stdout
