@@ -100,3 +100,14 @@ def test_a_study_over_several_lengths_draws_them_and_no_memory_plot_without_pred
         "timeline",
         "failures",
     ]
+
+
+def test_a_priced_studys_cost_is_a_column_beside_tokens_per_s() -> None:
+    study = optuna.create_study(study_name="priced", direction="maximize")
+    for mb, tokens in ((2, 300.0), (4, 900.0)):
+        add(study, Point(mb, 0), TrialState.COMPLETE, tokens, usd_per_million_tokens=9000.0 / tokens)
+    table = table_of(render_report(study, "sqlite:///x.db"))
+    heads = [th.text for th in table.findall("./thead/tr/th")]
+    assert heads[heads.index("tokens_per_s") + 1] == "usd_per_million_tokens"
+    cost = heads.index("usd_per_million_tokens")
+    assert [row[cost].get("data-value") for row in table.findall("./tbody/tr")] == ["10.0", "30.0"]
