@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from tuner.devices import device_budget_gb, visible_gpu_memory_gb
+from tuner.devices import detect_accelerator, device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
 from tuner.heartbeat import Heartbeats, HeartbeatSettings
@@ -65,15 +65,6 @@ class TrialContext:
     bundles: tuple[dict[str, float], ...]  # the trial's placement group, one bundle per node
     head_node: str  # Ray's id of the node `tuner search` runs on: every trial's files end up there
     head_host: str
-
-
-def detect_accelerator(space: Space) -> str:
-    """`cuda` when asked for or when a GPU is visible, else `cpu` (ranks are CPU processes over gloo)."""
-    if space.hardware.accelerator != "auto":
-        return space.hardware.accelerator
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def memory_budget(space: Space, accelerator: str) -> float | None:
@@ -262,10 +253,12 @@ def run_search(
     on_event: Callable[[str, dict[str, Any]], None],
     address: str | None = None,
     prune: bool | None = None,
+    checked: Callable[[], object] | None = None,
 ) -> SearchRun:
     """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards.
 
-    `prune` (the CLI's --no-prune) overrides `search.prune`.
+    `prune` (the CLI's --no-prune) overrides `search.prune`. `checked` waits for the checks the caller
+    runs while Ray starts (raising SpaceError for the first problem); nothing is written before it returns.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines, not Ray's tables
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -280,7 +273,9 @@ def run_search(
     # An unreachable store is reported before Ray starts (a SQLite file is opened only once nothing can fail).
     storage = None if space.storage.startswith("sqlite") else open_storage(space.storage)
     connect_ray(address, accelerator, ranks)  # before anything is written: a trial that cannot be placed
-    if address:  # is bad input
+    if checked is not None:  # is bad input, as is what the caller's checks find
+        checked()
+    if address:
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
     over_card = device_budget_gb(space.hardware.device_memory_gb, visible_gpu_memory_gb())[1]
