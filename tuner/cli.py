@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -56,6 +57,33 @@ def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
         err.print(f"warning: {line}", markup=False)
 
 
+def _slow_checks(space: Any, enumeration: Any) -> None:
+    """What `tuner search` checks with transformers and DeepSpeed (their imports take seconds): the model config,
+    then DeepSpeed's parser on the base config (without the warnings: they are printed once it passed)."""
+    from tuner.devices import detect_accelerator
+    from tuner.preflight import check_base_config
+    from tuner.space import check_model_config, model_check_deferred
+
+    if model_check_deferred(space):
+        check_model_config(space)
+    check_base_config(space, enumeration.valid, detect_accelerator(space))
+
+
+def _checked(checks: Future[None], space: Any, enumeration: Any) -> None:
+    """Wait for `_slow_checks` (its SpaceError is raised here); then the base config's replaced keys, the study
+    and its points."""
+    from tuner.preflight import base_config_overrides
+    from tuner.store import redact
+
+    checks.result()
+    for line in base_config_overrides(space):
+        err.print(f"warning: {line}", markup=False)
+    out.print(f"study {space.study} in {redact(space.storage)}", markup=False)
+    out.print(f"{len(enumeration.valid)} valid point(s); {len(enumeration.dropped)} dropped", markup=False)
+    for reason, count in enumeration.dropped_summary():
+        out.print(f"  dropped {count}: {reason}", markup=False)
+
+
 def _check_run_dir(folder: Path) -> None:
     """The study's log folder must be one that can be created here: found out before the study is."""
     existing = folder
@@ -100,12 +128,10 @@ def search(
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
-    from tuner.search import detect_accelerator
     from tuner.space import DEFAULT_STORAGE, load_space
-    from tuner.store import redact
 
     try:
-        space = load_space(space_file, study=study, storage=storage)
+        space = load_space(space_file, study=study, storage=storage, check_model=False)
         if space.storage is None:
             space = space.model_copy(update={"storage": DEFAULT_STORAGE})
         if max_trials is not None:
@@ -114,29 +140,27 @@ def search(
         if not enumeration.valid:
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())
             raise SpaceError("space", f"no valid point: {reasons}")
-        _preflight(space, enumeration, detect_accelerator(space))
         _check_run_dir(run_dir / str(space.study))
     except SpaceError as exc:
         _fail(exc)
     assert space.storage is not None and space.study is not None
-    out.print(f"study {space.study} in {redact(space.storage)}", markup=False)
-    out.print(f"{len(enumeration.valid)} valid point(s); {len(enumeration.dropped)} dropped", markup=False)
-    for reason, count in enumeration.dropped_summary():
-        out.print(f"  dropped {count}: {reason}", markup=False)
+    from concurrent.futures import ThreadPoolExecutor
 
     import optuna
 
-    from tuner.search import run_search
+    from tuner.progress import Progress
+    from tuner.search import run_search  # Ray's and Optuna's imports, before the thread's: no import cycles
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    from tuner.progress import Progress
-
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuner-checks")
+    checks = pool.submit(_slow_checks, space, enumeration)  # seconds of imports, while Ray starts
+    pool.shutdown(wait=False)
     progress = Progress(out, err, space.objectives[0])
     try:
         searched = run_search(
-            space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
-        )
+            space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None,
+            checked=lambda: _checked(checks, space, enumeration),
+        )  # fmt: skip
     except SpaceError as exc:
         _fail(exc)
     from tuner.ranking import rank_study
@@ -280,9 +304,10 @@ def plan(
     import json
 
     from tuner.calibration import Measured, calibrate
+    from tuner.devices import detect_accelerator
     from tuner.plan import device_budget, estimate_setup, plan_space, prune_margin
     from tuner.points import enumerate_points
-    from tuner.search import detect_accelerator, memory_budget
+    from tuner.search import memory_budget
     from tuner.space import DEFAULT_STORAGE, load_space
     from tuner.whatif import what_if
     from tuner.workload.hf_causal_lm import model_shape
