@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.cost import cost_figures
 from tuner.flops import flops_per_token, peak_tflops, work_figures
 from tuner.trial.measure import median_ci
 from tuner.trial.spec import TrialSpec
@@ -33,6 +34,7 @@ class TrialResult:
     nodes: list[str] = field(default_factory=list)  # where the ranks ran, node 0 first (on a Ray cluster)
     log_host: str | None = None  # the node whose disk holds log_path
     spec: TrialSpec | None = None  # what the trial ran
+    device_name: str | None = None  # as torch names the device ("cpu" without a GPU): compared across studies
     step_timing: str | None = None  # how its step times were taken: whole or composed (tuner.trial.timing)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class TrialResult:
             attrs["log_host"] = self.log_host
         if self.nodes:
             attrs["nodes"] = list(self.nodes)
+        if self.device_name:
+            attrs["device_name"] = self.device_name
         if self.step_timing:
             attrs["step_timing"] = self.step_timing
         if self.spec is not None:
@@ -155,4 +159,5 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
             peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None
         )
         figures.update(work_figures(figures["tokens_per_s"], int(raw["world_size"]), per_token, peak))
+    figures.update(cost_figures(figures, spec.usd_per_hour))
     return figures

@@ -266,6 +266,14 @@ class HardwareSection(_Section):
     peak_tflops: PositiveFloat | None = Field(
         None, description="Peak TFLOP/s of one device at the training precision, for MFU (default: the GPU table)."
     )
+    price_per_device_hour: PositiveFloat | None = Field(
+        None,
+        description="USD per device-hour (the cloud's price of one GPU): gives every trial usd_per_million_tokens "
+        "and makes it an objective.",
+    )
+    price_per_node_hour: PositiveFloat | None = Field(
+        None, description="USD per node-hour on top of the devices' price, per node a trial spans (nodes_per_trial)."
+    )
 
     @field_validator("nodes_per_trial")
     @classmethod
@@ -289,6 +297,15 @@ class HardwareSection(_Section):
     @property
     def ranks_per_node(self) -> int:
         return self.gpus_per_trial // self.nodes_per_trial
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        """What one trial's devices and nodes cost an hour (tuner.cost), or None when no price is given."""
+        from tuner.cost import hourly_price
+
+        return hourly_price(
+            self.price_per_device_hour, self.price_per_node_hour, self.gpus_per_trial, self.nodes_per_trial
+        )
 
 
 def _knob_field(k: Knob) -> tuple[Any, Any]:
@@ -350,8 +367,9 @@ SpaceSection = create_model(  # type: ignore[call-overload]
 )
 
 
-ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"]
-SPEED_OBJECTIVES = ("tokens_per_s", "samples_per_s", "step_time_s")
+ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb", "usd_per_million_tokens"]
+# Cost ranks like step time within a study (a fixed price and device count: cost is proportional to 1/throughput).
+SPEED_OBJECTIVES = ("tokens_per_s", "samples_per_s", "step_time_s", "usd_per_million_tokens")
 
 
 def _default_sampler(data: Any) -> Any:
@@ -387,7 +405,8 @@ class SearchSection(_Section):
                 raise ValueError(f"objective {name!r} is listed twice")
         if info.data.get("sampler") == "guided" and (len(names) > 1 or names[0] not in SPEED_OBJECTIVES):
             raise ValueError(
-                "the guided sampler needs one speed objective: tokens_per_s, samples_per_s or step_time_s "
+                "the guided sampler needs one speed objective: tokens_per_s, samples_per_s, step_time_s or "
+                "usd_per_million_tokens "
                 "(for a list of objectives use tpe, random or grid)"
             )
         return names[0] if len(names) == 1 else names

@@ -41,6 +41,7 @@ OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
     "samples_per_s": "maximize",
     "step_time_s": "minimize",
     "peak_mem_gb": "minimize",
+    "usd_per_million_tokens": "minimize",
 }
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 
@@ -215,6 +216,7 @@ def parse_space(raw: Any, default_study: str) -> Space:
     if space.storage is not None:
         _check_storage(space.storage, "storage")
     _check_workload(space)
+    _check_priced(space)
     if space.model is not None:
         longest = max(space.data.lengths) if space.data.lengths else None  # the position table must hold it
         _check_model_config(space.model_config_dict, longest, space.model.options())
@@ -228,11 +230,20 @@ def _check_workload(space: Space) -> None:
             raise SpaceError("model", "required key is missing (or run your own script: workload.script)")
         if not space.data.lengths:
             raise SpaceError("data.sequence_length", "required key is missing")
-    elif not space.data.lengths and "tokens_per_s" in space.objectives:
+    elif not space.data.lengths and (tokens := {"tokens_per_s", "usd_per_million_tokens"} & set(space.objectives)):
         raise SpaceError(
             "search.objective",
-            "tokens_per_s needs data.sequence_length (the tokens in one of the script's samples); "
+            f"{min(tokens)} needs data.sequence_length (the tokens in one of the script's samples); "
             "give it, or use samples_per_s",
+        )
+
+
+def _check_priced(space: Space) -> None:
+    """A cost objective needs a price (tuner.cost)."""
+    if "usd_per_million_tokens" in space.objectives and space.hardware.usd_per_hour is None:
+        raise SpaceError(
+            "hardware.price_per_device_hour",
+            "required for search.objective usd_per_million_tokens: the USD price of one device-hour, e.g. 2.5",
         )
 
 

@@ -45,6 +45,7 @@ class TrialSpec:
     world_size: int = 1
     data: dict[str, Any] = field(default_factory=dict)  # the space's data section less sequence_length; {}: synthetic
     model_options: dict[str, Any] = field(default_factory=dict)  # attn_implementation, peft (ModelSection.options)
+    usd_per_hour: float | None = None  # the trial's devices and nodes, priced (tuner.cost); None: not priced
 
     @classmethod
     def build(
@@ -82,6 +83,7 @@ class TrialSpec:
             world_size=ranks,
             data=space.data.model_dump(exclude={"sequence_length"}),
             model_options=space.model.options() if space.model else {},
+            usd_per_hour=space.hardware.usd_per_hour,
         )
 
     def replace(self, **changes: Any) -> TrialSpec:
