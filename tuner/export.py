@@ -36,7 +36,7 @@ from tuner.trial.failures import one_line
 from tuner.workload.script import fill_args, trial_values
 
 FIGURE_KEYS = (
-    "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps",
+    "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "step_time_ci", "measured_steps",
     "peak_mem_gb", "peak_reserved_gb", "final_loss", "num_parameters", "trainable_parameters",
     "usd_per_million_tokens", "usd_per_million_samples", "usd_per_hour",
     "threads_per_rank",  # `tuner check` runs with as many
@@ -222,6 +222,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "ranks": ranks,
             "accelerator": study.user_attrs.get("accelerator"),
             "sequence_length": sequence_length(space, trial.params),
+            "step_timing": trial.user_attrs.get("step_timing", "whole"),  # whole or composed steps
             **parallel_layout(trial.params, ranks),
         },
         "model_config": (space.get("model") or {}).get("config"),

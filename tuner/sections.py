@@ -465,13 +465,20 @@ class SearchSection(_Section):
 class TrialSection(_Section):
     """How long a trial measures, and when it gives up."""
 
-    warmup_steps: int = Field(2, ge=0, description="Optimizer steps run before timing starts.")
-    measure_steps: PositiveInt = Field(5, description="Timed optimizer steps (at least).")
+    warmup_steps: int = Field(
+        2, ge=0, description="Most untimed steps: the first one, then any while step times still fall (0: none)."
+    )
+    measure_steps: PositiveInt = Field(3, description="Timed optimizer steps (at least).")
     max_cv: PositiveFloat = Field(
-        0.05, description="Spread (coefficient of variation) of step times above which more steps are measured."
+        0.05, description="Half-width of the median step time's 95% interval, relative, above which more are timed."
     )
     max_measure_steps: PositiveInt | None = Field(
-        None, description="Most timed steps when the spread stays high (default: 3 x measure_steps); then noisy."
+        None, description="Most timed steps while the interval stays wide (default 15, or 3 x measure_steps); noisy."
+    )
+    step_timing: Literal["auto", "whole", "composed"] = Field(
+        "auto",
+        description="whole: time every micro-step of a step; composed: time the first, 3 middle and the boundary "
+        "micro-step and compose the step; auto: composed from 16 accumulation micro-steps per step.",
     )
     timeout_s: PositiveFloat = Field(600.0, description="Wall-clock limit of one trial, all ranks.")
 
@@ -486,4 +493,4 @@ class TrialSection(_Section):
     @property
     def measure_cap(self) -> int:
         """The most steps a noisy trial measures."""
-        return self.max_measure_steps or 3 * self.measure_steps
+        return self.max_measure_steps or max(15, 3 * self.measure_steps)

@@ -453,6 +453,7 @@ CASES: list[Case] = [
     *both("trial.warmup_steps", -1, "trial.warmup_steps", "Input should be greater than or equal to 0 (got -1)"),
     *both("trial.max_measure_steps", 1, "trial.max_measure_steps", "must be at least measure_steps (2)"),
     *both("trial.max_cv", 0, "trial.max_cv", f"{POSITIVE} (got 0)"),
+    *both("trial.step_timing", "micro", "trial.step_timing", "Input should be 'auto', 'whole' or 'composed'"),
     # the hardware
     *both("hardware.device_memory_gb", -1, "hardware.device_memory_gb", f"{POSITIVE} (got -1)"),
     *both("hardware.host_memory_gb", -1, "hardware.host_memory_gb", f"{POSITIVE} (got -1)"),

@@ -35,6 +35,7 @@ class TrialSpec:
     measure_steps: int = 5
     max_measure_steps: int | None = None
     max_cv: float = 1.0
+    step_timing: str = "auto"  # whole | composed | auto (tuner.trial.measure.step_timing_for)
     device_memory_gb: float | None = None
     peak_tflops: float | None = None
     stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step
@@ -72,6 +73,7 @@ class TrialSpec:
             measure_steps=space.trial.measure_steps,
             max_measure_steps=space.trial.measure_cap,
             max_cv=space.trial.max_cv,
+            step_timing=space.trial.step_timing,
             device_memory_gb=space.hardware.device_memory_gb,
             peak_tflops=space.hardware.peak_tflops,
             stop_over_step_s=stop_over_step_s,
