@@ -7,17 +7,14 @@ that show both kinds of parallelism measured; tests/integration/test_parallel_tr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REPO
-from tests.e2e.test_cli import free_port, tuner, write_space
+from tests.e2e.test_cli import train_exported, tuner, write_space
 from tests.integration.test_parallel_trials import LLAMA
 
 SPACE: dict[str, Any] = {
@@ -51,6 +48,9 @@ def test_search_over_tp_and_sp_then_export_the_tp2_trial_and_train_it(tmp_path: 
     for trial in trials.values():
         assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("failure_reason")
         assert trial.user_attrs["tokens_per_s"] > 0 and trial.user_attrs["first_loss"] > 0
+    first = trials[1, 1].user_attrs["first_loss"]  # same seed, same samples: the same first step
+    assert trials[1, 2].user_attrs["first_loss"] == pytest.approx(first, rel=1e-5)
+    assert trials[2, 1].user_attrs["first_loss"] == pytest.approx(first, rel=1e-5)
     assert trials[2, 1].user_attrs["ds_config"]["tensor_parallel"] == {"autotp_size": 2}
     assert trials[1, 2].user_attrs["ds_config"]["sequence_parallel_size"] == 2
 
@@ -62,15 +62,4 @@ def test_search_over_tp_and_sp_then_export_the_tp2_trial_and_train_it(tmp_path: 
     assert config["tensor_parallel"] == {"autotp_size": 2}
     # AutoTP counts DeepSpeed's batch over all ranks, both of them seeing the same samples (one data-parallel rank)
     assert config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] == 4
-    train = subprocess.run(
-        [
-            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-            str(REPO / "examples" / "train.py"), "--deepspeed_config", str(out),
-            "--model-config", str(out.parent / "ds_config.provenance.json"), "--sequence-length", "64",
-            "--steps", "2",
-        ],
-        cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    assert "step 2/2 loss" in train.stdout
+    train_exported(out, tmp_path, sequence_length=64, steps=2)
