@@ -267,11 +267,17 @@ def script_command(
     values = trial_values(
         trial.params, ds_config=output, output_dir="output", grad_accum=int(config["gradient_accumulation_steps"]),
         world_size=world, seed=int(space.get("search", {}).get("seed", 0)),
+        sequence_length=_fixed_length(space.get("data", {}).get("sequence_length")),
     )  # fmt: skip
     command = ["deepspeed", "--num_gpus", str(world), record["path"], *fill_args(record["args"], values)]
     path = Path(record["path"])
     current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
     return {**record, "changed_since_measured": current != record.get("sha256"), "command": command}, command
+
+
+def _fixed_length(length: Any) -> int | None:
+    """The space's one sequence length (a searched list leaves each trial its own, in its params)."""
+    return length if isinstance(length, int) and not isinstance(length, bool) else None
 
 
 def _sibling(output: Path, suffix: str) -> Path:

@@ -67,10 +67,19 @@ class StudyRecorder:
     def ask(self, point: Point | None = None) -> Trial:
         """A new trial (of `point`, enqueued; else the study's sampler chooses), tagged with this search."""
         if point is not None:
-            self.study.enqueue_trial(point.params())
+            self.study.enqueue_trial(self.enqueued_params(point))
         trial = self.study.ask()
         trial.set_user_attr(OWNER, self.owner)
         return trial
+
+    def enqueued_params(self, point: Point) -> dict[str, Any]:
+        """`point`'s params with the optional knobs it leaves out at their neutral value where the space searches
+        them: left out of an enqueued trial, Optuna would draw them at random when the trial suggests them."""
+        params = point.params()
+        for k in MAIN:
+            if k.optional and k.name not in params and self.space.knob_values(k.name) != [k.neutral]:
+                params[k.name] = k.neutral
+        return params
 
     def suggest(self, trial: Trial, comm_knobs: Sequence[str] = ()) -> Point:
         return suggest_point(trial, self.space, self.valid, comm_knobs)

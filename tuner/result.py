@@ -130,6 +130,7 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
         "build_peak_gb": float(raw.get("build_peak_bytes", 0.0)) / GB,
         "initialize_peak_gb": float(raw.get("initialize_peak_bytes", 0.0)) / GB,
         "final_loss": float(raw["final_loss"]),
+        **({"first_loss": float(raw["first_loss"])} if "first_loss" in raw else {}),
         "num_parameters": float(raw["num_parameters"]),
         "trainable_parameters": float(raw.get("trainable_parameters", raw["num_parameters"])),
         "startup_s": clock["imported"] - clock["launched"],

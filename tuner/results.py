@@ -32,9 +32,9 @@ POINT_COLUMNS = MAIN_NAMES  # one column per main knob (tuner.knobs); communicat
 FIGURES = (
     "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps", "noisy", "stopped_early",
     "tflops_per_device", "mfu", "peak_mem_gb", "peak_reserved_gb", "host_mem_gb", "predicted_mem_gb",
-    "predicted_raw_mem_gb", "predicted_host_mem_gb", "device_overhead_gb", "device_total_gb", "final_loss",
-    "trial_duration_s", "fixed_overhead_s", "overhead_share", "startup_s", "build_s", "initialize_s", "warmup_s",
-    "threads_per_rank", "num_parameters", "trainable_parameters", *COST_FIGURES,
+    "predicted_raw_mem_gb", "predicted_host_mem_gb", "device_overhead_gb", "device_total_gb", "first_loss",
+    "final_loss", "trial_duration_s", "fixed_overhead_s", "overhead_share", "startup_s", "build_s", "initialize_s",
+    "warmup_s", "threads_per_rank", "num_parameters", "trainable_parameters", *COST_FIGURES,
 )  # fmt: skip
 TEXT = (
     "failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host", "device_name",

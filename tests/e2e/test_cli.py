@@ -99,20 +99,26 @@ def test_search_then_export_then_train(tmp_path: Path, cpu_ops: None) -> None:
     assert "global_batch_size: 8" in prov["space_yaml"]
 
     assert prov["model_config"] == TINY_GPT2
+    train_exported(out, tmp_path, sequence_length=64, steps=2)
+
+    assert_dashboard_shows(url, "e2e", study.best_trial.number)
+
+
+def train_exported(config: Path, cwd: Path, sequence_length: int, steps: int) -> None:
+    """Train an exported config (and its provenance beside it) with examples/train.py on 2 CPU ranks through
+    the `deepspeed` launcher, as a user would; every step must run."""
     train = subprocess.run(
         [
             sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
-            str(REPO / "examples" / "train.py"), "--deepspeed_config", str(out),
-            "--model-config", str(out.parent / "ds_config.provenance.json"), "--sequence-length", "64",
-            "--steps", "2",
+            str(REPO / "examples" / "train.py"), "--deepspeed_config", str(config),
+            "--model-config", str(config.parent / "ds_config.provenance.json"),
+            "--sequence-length", str(sequence_length), "--steps", str(steps),
         ],
-        cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        cwd=cwd, env={**os.environ, "DS_ACCELERATOR": "cpu"},
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    assert "step 2/2 loss" in train.stdout
-
-    assert_dashboard_shows(url, "e2e", study.best_trial.number)
+    assert f"step {steps}/{steps} loss" in train.stdout
 
 
 def free_port() -> int:

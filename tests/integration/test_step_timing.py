@@ -1,8 +1,9 @@
-"""Composed step timing on real DeepSpeed ranks (2 CPU ranks, gloo): the same step time as timing whole steps.
+"""Composed step timing on real DeepSpeed ranks (2 CPU ranks, gloo): composed and whole trials side by side.
 
 At 8 accumulation micro-steps a composed sample runs 5 of them (the first, 3 middle, the boundary with the
-optimizer step), the boundary set by hand. Its step time must agree with whole steps within the noise of
-this shared machine (generous: 30%); both trials record how their figures were taken.
+optimizer step), the boundary set by hand. Both trials complete and record how their figures were taken;
+the composed step is made of its measured parts. How close composed and whole step times are is a benchmark's
+question (benchmarks/fidelity.py part (e)), not a test's: tests never assert timings.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ def test_a_composed_step_matches_whole_steps(stage: int, tmp_path: Path, cpu_ops
     assert whole.step_timing == "whole" and whole.user_attrs()["step_timing"] == "whole"
     assert composed.step_timing == "composed" and composed.user_attrs()["step_timing"] == "composed"
     w, c = whole.figures, composed.figures
-    assert c["step_time_s"] == pytest.approx(w["step_time_s"], rel=0.3)
     # the parts a composed step is made of; whole steps have none
     parts = [c[f"{name}_micro_step_s"] for name in ("first", "middle", "boundary")]
     assert all(p > 0 for p in parts) and "middle_micro_step_s" not in w

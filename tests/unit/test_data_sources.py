@@ -26,7 +26,7 @@ from tuner.sections import DataSection
 from tuner.space import load_space
 from tuner.trial.spec import TrialSpec
 from tuner.workload.data import _packed, _padded, check, open_data, step_batches, take
-from tuner.workload.hf_causal_lm import synthetic_batches
+from tuner.workload.layout import synthetic_ids
 
 EOS = 99  # the model config's, used when no tokenizer names one
 
@@ -193,10 +193,39 @@ def test_padded_micro_batches_carry_their_masked_labels(tmp_path: Path) -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7, EOS]] * 2 and batch["labels"].tolist() == [[5, 6, 7, -100]] * 2
 
 
-def test_synthetic_data_is_the_random_ids_it_always_was() -> None:
-    batches = step_batches(spec({}), rank=1, world=2, vocab=128, device=torch.device("cpu"))
-    expected = synthetic_batches(torch.Generator().manual_seed(0 + 1), 128, 2, 4, torch.device("cpu"), count=3)
-    assert [b["input_ids"].tolist() for b in batches] == [b["input_ids"].tolist() for b in expected]
+def test_synthetic_data_is_numbered_by_sample_whatever_the_layout() -> None:
+    cpu = torch.device("cpu")
+    dp_only = [b["input_ids"] for rank in (0, 1) for b in step_batches(spec({}), rank, 2, 128, cpu)]
+    one_rank = [b["input_ids"] for b in step_batches(spec({}, micro=4, accum=3), 0, 1, 128, cpu)]
+    assert torch.cat(dp_only).tolist() == torch.cat(one_rank).tolist()  # the same 12 samples, in order
+    assert torch.cat(dp_only).tolist() == synthetic_ids(0, 128, 0, 12, 4).tolist()
+    assert len({tuple(row) for row in torch.cat(dp_only).tolist()}) == 12  # no sample repeated
+
+
+@pytest.mark.parametrize("source", ["synthetic", "tokens"])
+def test_a_tensor_parallel_group_shares_its_samples_and_the_global_batch_is_that_of_dp_only(
+    source: str, tmp_path: Path
+) -> None:
+    (np.arange(400) % 128).astype(np.uint16).tofile(tmp_path / "t.bin")
+    data = {} if source == "synthetic" else {"source": str(tmp_path / "t.bin")}
+    cpu = torch.device("cpu")
+    dp_only = [b["input_ids"] for r in range(4) for b in step_batches(spec(data, micro=1, accum=3), r, 4, 128, cpu)]
+    tp2 = spec(data, micro=1, accum=6).replace(point={"tensor_parallel_size": 2})
+    ranks = [torch.cat([b["input_ids"] for b in step_batches(tp2, r, 4, 128, cpu)]) for r in range(4)]
+    assert ranks[0].tolist() == ranks[1].tolist() and ranks[2].tolist() == ranks[3].tolist()
+    assert torch.cat([ranks[0], ranks[2]]).tolist() == torch.cat(dp_only).tolist()
+
+
+def test_a_ulysses_group_slices_each_sample_with_labels_shifted_before_slicing(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}] * 4)
+    sp2 = spec({"source": str(path), "packing": False}, micro=2, accum=1, global_batch=2).replace(
+        point={"sequence_parallel_size": 2}
+    )
+    first, second = (step_batches(sp2, r, 2, 128, torch.device("cpu"))[0] for r in (0, 1))
+    assert set(first) == {"input_ids", "shift_labels", "position_ids"}
+    assert first["input_ids"].tolist() == [[5, 6]] * 2 and second["input_ids"].tolist() == [[7, EOS]] * 2
+    assert first["shift_labels"].tolist() == [[6, 7]] * 2 and second["shift_labels"].tolist() == [[-100, -100]] * 2
+    assert first["position_ids"].tolist() == [[0, 1]] * 2 and second["position_ids"].tolist() == [[2, 3]] * 2
 
 
 def test_load_space_resolves_the_paths_reads_the_batch_and_records_the_source(tmp_path: Path, tokenizer: Path) -> None:

@@ -26,3 +26,19 @@ def test_an_unknown_or_broken_placeholder_is_named_with_the_allowed_ones() -> No
     assert all(f"{{{name}}}" in problem for name in PLACEHOLDERS)
     assert "literal braces" in (args_problem(["{"]) or "")
     assert args_problem(["--x", "{offload_optimizer}", "{{literal}}"]) is None  # every main knob is one
+
+
+def test_parallel_and_long_sequence_placeholders_fill_at_neutral_when_the_point_leaves_them_out() -> None:
+    template = ["--tp", "{tensor_parallel_size}", "--sp", "{sequence_parallel_size}", "--tiled-mlp={tiled_mlp}",
+                "--tiled-logits={tiled_logits}", "--seq", "{sequence_length}"]  # fmt: skip
+    common = {"ds_config": "c.json", "output_dir": "o", "grad_accum": 1, "world_size": 2, "seed": 0}
+    plain = trial_values({"micro_batch_size": 1, "zero_stage": 1}, sequence_length=512, **common)
+    assert fill_args(template, plain) == [
+        "--tp", "1", "--sp", "1", "--tiled-mlp=false", "--tiled-logits=false", "--seq", "512"
+    ]  # fmt: skip
+    point = {"micro_batch_size": 1, "zero_stage": 1, "sequence_parallel_size": 2, "tiled_mlp": True,
+             "sequence_length": 1024}  # fmt: skip
+    searched = trial_values(point, sequence_length=512, **common)  # the point's own length wins
+    assert fill_args(template, searched) == [
+        "--tp", "1", "--sp", "2", "--tiled-mlp=true", "--tiled-logits=false", "--seq", "1024"
+    ]  # fmt: skip

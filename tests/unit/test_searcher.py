@@ -113,6 +113,20 @@ def test_grid_runs_points_in_enumeration_order() -> None:
     assert run == list(enumerate_points(space).valid)
 
 
+def test_grid_runs_the_neutral_value_of_a_searched_optional_knob_as_enqueued() -> None:
+    """An enqueued point at tp 1 leaves tensor_parallel_size out of its params; unless the recorder enqueues it at
+    1, Optuna draws it when the trial suggests it, and the searcher finds another point than it asked for."""
+    raw = json.loads(json.dumps(RAW))
+    raw["model"]["config"] = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}  # fmt: skip
+    raw["space"] = {"micro_batch_size": [1], "zero_stage": [1], "tensor_parallel_size": [1, 2],
+                    "sequence_parallel_size": [1, 2]}  # fmt: skip
+    raw["search"] = {"sampler": "grid"}
+    space = parse_space(raw, default_study="unit")
+    _, run = drive(space, optuna.create_study(direction="maximize"))
+    assert [(p.tensor_parallel_size, p.sequence_parallel_size) for p in run] == [(1, 1), (1, 2), (2, 1)]
+
+
 def test_max_trials_caps_the_launches_and_a_rerun_continues_without_repeats() -> None:
     space = make_space("random", max_trials=5, seed=3)
     study = optuna.create_study(direction="maximize")

@@ -31,7 +31,7 @@ def placeholder_values(spec: TrialSpec, out_dir: Path) -> dict[str, Any]:
     """What the script's `{placeholders}` stand for in this trial."""
     values = trial_values(
         spec.point, ds_config=out_dir / "ds_config.json", output_dir=out_dir / "output",
-        grad_accum=spec.grad_accum, world_size=spec.world_size, seed=spec.seed,
+        grad_accum=spec.grad_accum, world_size=spec.world_size, seed=spec.seed, sequence_length=spec.sequence_length,
     )  # fmt: skip
     values.update(micro_batch_size=spec.micro_batch_size, activation_checkpointing=spec.activation_checkpointing)
     return values

@@ -9,6 +9,7 @@ writes `error_rank<N>.json` with a category, so the launcher can say why without
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 from tuner.result import GB
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
-from tuner.trial.measure import allocator_fraction, reduce_on_device
+from tuner.trial.measure import WHOLE, allocator_fraction, reduce_on_device
 from tuner.trial.spec import TrialSpec
 from tuner.trial.timing import measure
 
@@ -97,7 +98,8 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
-    from tuner.workload import data, hf_causal_lm
+    from tuner.trial.first_step import FirstStepLoss
+    from tuner.workload import data, hf_causal_lm, long_seq
 
     clock["imported"] = time.time()
     accel = get_accelerator()
@@ -133,13 +135,15 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     facts = hf_causal_lm.model_facts(model)
     vocab = hf_causal_lm.vocab_size(model)
+    mpu = long_seq.prepare(model, spec)  # Ulysses' groups (its mpu), TiledMLP, the tiled logits loss
     marks["build"] = peak_now()
     clock["built"] = time.time()
 
     phase[0] = "initialize"
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config, mpu=mpu
     )
+    first = FirstStepLoss(engine.module, spec.grad_accum)
     marks["initialize"] = peak_now()
     clock["initialized"] = time.time()
 
@@ -150,7 +154,9 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     phase[0] = "train"
     timing = measure(engine, batches, spec, accel.synchronize, device)
     clock["warmed_up"] = timing.warmed_up
-    ending = Ending(out_dir, device, on_gpu, local_rank, card, marks, clock, facts, timing.summary())
+    # A composed sample runs a few of the step's micro-batches, not the whole step: no first-step loss to compare.
+    first_loss = first.value() if timing.step_timing == WHOLE else None
+    ending = Ending(out_dir, device, on_gpu, local_rank, card, marks, clock, facts, timing.summary(), first_loss)
     end_trial(ending, timing.times, timing.stopped_early, timing.loss)
 
 
@@ -167,6 +173,7 @@ class Ending:
     clock: dict[str, float]
     facts: dict[str, int]
     timing: dict[str, Any] = field(default_factory=lambda: {"step_timing": "whole"})  # how the steps were timed
+    first_loss: float | None = None  # the first optimizer step's loss (tuner.trial.first_step); None: not known
 
 
 def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: float) -> None:
@@ -191,7 +198,8 @@ def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: 
         [*mem, marks["runtime"], marks["build"], marks["initialize"], outside, end.card["total"]], "max", device
     )
     world = dist.get_world_size()
-    final_loss = reduce_on_device([loss_value], "sum", device)[0] / world
+    first = math.nan if end.first_loss is None else end.first_loss
+    first_loss, final_loss = (value / world for value in reduce_on_device([first, loss_value], "sum", device))
     if dist.get_rank() == 0:
         _write_json(
             end.out_dir / "result.json",
@@ -211,6 +219,7 @@ def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: 
                 "device_total_bytes": card_total,
                 "threads_per_rank": torch.get_num_threads(),
                 "final_loss": final_loss,
+                **({} if end.first_loss is None else {"first_loss": first_loss}),
                 **end.facts,
                 **end.timing,
                 "clock": end.clock,

@@ -1,8 +1,10 @@
 """Where a trial's tokens come from: random ids, or one global batch of the user's local dataset.
 
 Every trial of a space trains on the same global batch: a stretch of the dataset that begins where the
-search's seed puts it, cut into global_batch_size samples of sequence_length tokens; rank r of R takes the r-th
-of R equal parts, so data-parallel ranks see different data and two trials' losses are comparable. A rank reads
+search's seed puts it, cut into global_batch_size samples of sequence_length tokens; data-parallel rank d of D takes
+the d-th of D equal parts (tuner.workload.layout: the ranks of a tensor- or sequence-parallel group share theirs),
+so data-parallel ranks see different data and two trials' losses are comparable. Random ids are numbered
+the same way: sample i is the same whichever rank takes it. A rank reads
 only its part (of documents: up to the end of its part, tokenizing text as it goes), makes its micro-batches
 on its device before any step is timed and reuses them every step, as for random ids (tuner/trial/measure.py:
 no host copy inside the clock), so throughput means the same for every source. `check` runs the same reading
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.errors import SpaceError
 from tuner.sections import DataSection
+from tuner.workload.layout import IGNORE, Layout, sequence_slice, synthetic_ids
 from tuner.workload.sources import (
     FIELD,
     SOURCE,
@@ -43,8 +46,6 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.trial.spec import TrialSpec
-
-IGNORE = -100  # the label transformers' loss skips
 
 
 def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -246,25 +247,30 @@ def check(section: DataSection, model_config: dict[str, Any], global_batch: int,
 
 
 def step_batches(spec: TrialSpec, rank: int, world: int, vocab: int, device: torch.device) -> list[dict[str, Any]]:
-    """This rank's micro-batches of one optimizer step, on `device`, made once before any timing."""
-    import torch
+    """This rank's micro-batches of one optimizer step, on `device`, made once before any timing.
 
-    from tuner.workload.hf_causal_lm import synthetic_batches
+    Its samples are those of its data-parallel index (tuner.workload.layout): the ranks of a tensor-parallel group
+    get the same ones, the ranks of a Ulysses group each its slice of them.
+    """
+    import torch
 
     section = DataSection.model_validate({"sequence_length": spec.sequence_length, **spec.data})
     micro, accum = spec.micro_batch_size, spec.grad_accum
-    if section.synthetic:
-        generator = torch.Generator().manual_seed(spec.seed + rank)
-        return synthetic_batches(generator, vocab, micro, _length(section), device, count=accum)
+    layout = Layout.of(spec.point, rank, world)
     count = micro * accum
-    assert count * world == spec.global_batch_size, "the ranks' parts make up the global batch"
-    ids, labels = take(
-        open_data(section, spec.model_config, vocab), spec.global_batch_size, spec.seed, rank * count, count
-    )
+    assert count * layout.dp == spec.global_batch_size, "the data-parallel ranks' parts make up the global batch"
+    first = layout.first_sample(count)
+    if section.synthetic:
+        ids = labels = synthetic_ids(spec.seed, vocab, first, count, _length(section))
+    else:
+        ids, labels = take(
+            open_data(section, spec.model_config, vocab), spec.global_batch_size, spec.seed, first, count
+        )
     batches = []
     for step in range(accum):
         part = slice(step * micro, (step + 1) * micro)
         input_ids = torch.from_numpy(ids[part]).to(device)
         target = input_ids if labels is ids else torch.from_numpy(labels[part]).to(device)
-        batches.append({"input_ids": input_ids, "labels": target})
+        batch = {"input_ids": input_ids, "labels": target}
+        batches.append(sequence_slice(batch, layout.sp, layout.sp_rank) if layout.sp > 1 else batch)
     return batches

@@ -11,7 +11,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tuner.knobs import MAIN_NAMES
+from tuner.knobs import MAIN, MAIN_NAMES
 
 # Placeholders beside every main knob's name ({micro_batch_size}, {zero_stage}, ...):
 TRIAL_PLACEHOLDERS = (
@@ -55,10 +55,26 @@ def fill_args(args: Sequence[str], values: Mapping[str, Any]) -> list[str]:
 
 
 def trial_values(
-    point: Mapping[str, Any], *, ds_config: Any, output_dir: Any, grad_accum: int, world_size: int, seed: int
+    point: Mapping[str, Any],
+    *,
+    ds_config: Any,
+    output_dir: Any,
+    grad_accum: int,
+    world_size: int,
+    seed: int,
+    sequence_length: int | None = None,
 ) -> dict[str, Any]:
-    """What the placeholders stand for: the point's main knobs, the config file, the batch layout, the seed."""
+    """What the placeholders stand for: the point's main knobs, the config file, the batch layout, the seed.
+
+    A knob the point leaves out stands at its neutral value ({tensor_parallel_size} 1, {tiled_mlp} false), and
+    {sequence_length} at the space's fixed length when the space does not search it.
+    """
     values = {name: value for name, value in point.items() if name in MAIN_NAMES}
+    for knob in MAIN:
+        if knob.neutral is not None:
+            values.setdefault(knob.name, knob.neutral)
+    if sequence_length is not None:
+        values.setdefault("sequence_length", sequence_length)
     values.update(
         ds_config=ds_config,
         output_dir=output_dir,
