@@ -28,7 +28,16 @@ from tuner.search import detect_accelerator, ds_configs_for, trial_spec  # noqa:
 from tuner.space import load_space  # noqa: E402
 from tuner.trial.launch import run_trial  # noqa: E402
 
-PARTS = ("startup_s", "build_s", "initialize_s", "warmup_s", "measure_s", "fixed_overhead_s", "overhead_share")
+PARTS = (
+    "startup_s",
+    "build_s",
+    "initialize_s",
+    "warmup_s",
+    "measure_s",
+    "fixed_overhead_s",
+    "overhead_share",
+    "step_time_s",
+)
 
 
 def main() -> None:
