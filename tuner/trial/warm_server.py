@@ -58,6 +58,15 @@ def _preload(profile: dict[str, Any]) -> None:
             builder.load()
 
 
+def _refuse_cuda() -> None:
+    """End this server when an import initialised CUDA: its forks could not use the GPU (a "bad fork"), and
+    the launcher then starts the trials with torchrun."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise SystemExit("tuner warm: CUDA was initialised by the imports; ranks cannot be forked")
+
+
 def _fork_quietly() -> int:
     """fork() with the streams flushed and the objects so far out of the collector's reach.
 
@@ -113,6 +122,7 @@ def _start_profile(profile: dict[str, Any], path: str, listener: socket.socket) 
             listener.close()
             touch_runs(inherited)  # this server's libraries' pages, as a fresh rank holds them
             _preload(profile)
+            _refuse_cuda()
             runs = resident_file_runs()
             _loop(_listen(path), parent, lambda conn, own: _serve_trial(conn, own, runs))
             code = 0
@@ -132,7 +142,7 @@ def serve(path: str, owner: int) -> None:
     """Import what every rank imports, then route each trial to its profile's sub-server until the owner is gone."""
     import deepspeed  # noqa: F401
     import torch
-    import torch.distributed
+    import torch.distributed  # noqa: F401
     import transformers  # noqa: F401
     from deepspeed.accelerator import get_accelerator
 
@@ -140,8 +150,7 @@ def serve(path: str, owner: int) -> None:
     from tuner.workload import data, hf_causal_lm  # noqa: F401
 
     get_accelerator()
-    if torch.cuda.is_initialized():
-        raise SystemExit("tuner warm: CUDA was initialised by the imports; ranks cannot be forked")
+    _refuse_cuda()
     profiles: dict[str, tuple[int, str]] = {}
 
     def route(conn: socket.socket, listener: socket.socket) -> None:
