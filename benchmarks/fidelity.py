@@ -1,19 +1,23 @@
 """Measurement fidelity on this machine, written to a dated markdown file under benchmarks/results/.
 
-    python benchmarks/fidelity.py [--space search_spaces/quickstart-cpu.yaml] [--repeats 5] [--configs 8]
+    python benchmarks/fidelity.py [--space search_spaces/quickstart-cpu.yaml] [--repeats 5] [--configs 8] [--tag T]
 
 (a) one configuration repeated: coefficient of variation of tokens/s across runs (goal <= 5% on CPU);
 (b) several configurations ranked by a normal short trial and by trials 10x longer: Spearman correlation
     of the two rankings (goal >= 0.95);
 (c) a trial's fixed overhead (launch, imports, build, initialise, warm-up, shutdown) as a share of its
     wall time (goal <= 25%);
-(d) `tuner search` start-up: seconds from the command's start to its first trial's launch (goal <= 10 s).
+(d) `tuner search` start-up: seconds from the command's start to its first trial's launch (goal <= 10 s);
+(e) composed step timing against whole steps (trial.step_timing) across ZeRO stages 0-3, CPU offload and
+    accumulation counts: each case runs whole, composed, and whole again; the composed-vs-whole difference
+    must be within the whole-vs-whole one (the repeat noise), RMS over the cases.
 Trials run through the same launcher as `tuner search` (real DeepSpeed, real torchrun ranks).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -31,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from tuner.dsconfig import jit_ops  # noqa: E402
 from tuner.points import Point, enumerate_points  # noqa: E402
 from tuner.search import detect_accelerator, ds_configs_for, trial_spec  # noqa: E402
-from tuner.space import Space, load_space  # noqa: E402
+from tuner.space import Space, load_space, parse_space  # noqa: E402
 from tuner.trial.launch import run_trial  # noqa: E402
 from tuner.trial.ops import prebuild_ops  # noqa: E402
 
@@ -79,12 +83,68 @@ def first_launch_s(space_path: Path, tmp: Path) -> float:
     return min(p.stat().st_mtime for p in specs) - start
 
 
+# (e): (zero stage, optimizer offload, accumulation micro-steps per step), micro-batch 2, no checkpointing
+COMPOSED_CASES = ((0, "none", 8), (0, "none", 32), (1, "none", 16), (2, "none", 16), (2, "cpu", 16),
+                  (3, "none", 16), (3, "cpu", 8), (3, "none", 32))  # fmt: skip
+
+
+def composed_rows(space_path: Path, accelerator: str, work: Path) -> list[dict[str, Any]]:
+    """(e): each case's whole, composed and second whole trial, on the space's model and ranks."""
+    import yaml
+
+    rows = []
+    for stage, offload, accum in COMPOSED_CASES:
+        raw = yaml.safe_load(space_path.read_text())
+        ranks = raw["hardware"]["gpus_per_trial"]
+        raw["training"]["global_batch_size"] = 2 * ranks * accum
+        raw["space"] = {"micro_batch_size": [2], "zero_stage": [stage], "offload_optimizer": [offload]}
+        space = parse_space(raw, default_study="fidelity-composed")
+        (point,) = enumerate_points(space).valid
+        tag = f"z{stage}-{offload}-a{accum}"
+        whole = trial(space, point, accelerator, work / f"{tag}-whole", step_timing="whole")
+        composed = trial(space, point, accelerator, work / f"{tag}-composed", step_timing="composed")
+        again = trial(space, point, accelerator, work / f"{tag}-again", step_timing="whole")
+        rows.append({"case": f"{point.label()} accum {accum}", "accum": accum, "whole": whole, "composed": composed,
+                     "again": again, "error": composed["step_time_s"] / whole["step_time_s"] - 1,
+                     "repeat": again["step_time_s"] / whole["step_time_s"] - 1})  # fmt: skip
+    return rows
+
+
+def composed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """(e)'s table: step times, the composed step's parts, the error and the repeat difference, wall time."""
+    lines = [
+        "",
+        "## (e) composed vs whole step timing",
+        "",
+        "Each case: a whole-step trial, a composed trial (first + 3 middle + boundary micro-step per sample, "
+        "composed = first + (accum - 2) x median middle + boundary), and a second whole-step trial.",
+        "",
+        "| case | whole s | composed s | error | whole again s | repeat diff | first / middle / boundary ms "
+        "| measured s whole / composed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w, c, a = r["whole"], r["composed"], r["again"]
+        parts = " / ".join(f"{c[f'{p}_micro_step_s'] * 1e3:.0f}" for p in ("first", "middle", "boundary"))
+        lines.append(
+            f"| {r['case']} | {w['step_time_s']:.3f} | {c['step_time_s']:.3f} | {r['error']:+.1%} "
+            f"| {a['step_time_s']:.3f} | {r['repeat']:+.1%} | {parts} | {w['measure_s']:.1f} / {c['measure_s']:.1f} |"
+        )
+    return lines
+
+
+def rms(values: list[float]) -> float:
+    return math.sqrt(statistics.fmean(v * v for v in values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "quickstart-cpu.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--configs", type=int, default=8)
     parser.add_argument("--longer", type=int, default=10, help="how many times more measured steps")
+    parser.add_argument("--tag", default="", help="appended to the result file's name (e.g. before, after)")
+    parser.add_argument("--no-composed", action="store_true", help="leave out (e), composed vs whole steps")
     args = parser.parse_args()
     space = load_space(args.space)
     accelerator = detect_accelerator(space)
@@ -104,6 +164,7 @@ def main() -> None:
         n = space.trial.measure_steps * args.longer
         long = trial(space, point, accelerator, tmp / f"long{i}", measure_steps=n, max_measure_steps=n)
         rows.append((point, short, long))
+    composed = [] if args.no_composed else composed_rows(args.space.resolve(), accelerator, tmp / "composed")
 
     tokens = [r["tokens_per_s"] for r in repeated]
     repeat_cv = statistics.pstdev(tokens) / statistics.fmean(tokens)
@@ -131,15 +192,29 @@ def main() -> None:
         f"| (b) Spearman, {len(rows)} configs, short vs {args.longer}x longer | {rho:.3f} | >= 0.95 |",
         f"| (c) fixed overhead share of a short trial (mean of {len(shorts)}) | {overhead:.0%} | <= 25% |",
         f"| (d) `tuner search` start to first trial launch | {startup:.1f} s | <= 10 s |",
+    ]
+    if composed:
+        errors, repeats = [r["error"] for r in composed], [r["repeat"] for r in composed]
+        lines.append(
+            f"| (e) composed vs whole step time, RMS over {len(composed)} cases (mean; worst) "
+            f"| {rms(errors):.1%} ({statistics.fmean(errors):+.1%}; {max(errors, key=abs):+.1%}) "
+            f"| <= whole vs whole: {rms(repeats):.1%} ({statistics.fmean(repeats):+.1%}; "
+            f"{max(repeats, key=abs):+.1%}) |"
+        )
+    lines += [
+        "",
+        "Steps per trial: at least measure_steps, then until the median's 95% interval is within max_cv (or the "
+        "cap); warm-up: the first step, then any still falling, up to warmup_steps.",
         "",
         "## (a) repeats",
         "",
-        "| run | tokens/s | step s | cv in trial | steps | overhead share |",
-        "|---|---|---|---|---|---|",
+        "| run | tokens/s | step s | cv in trial | median 95% ci | warm-up steps | steps | overhead share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(repeated):
         lines.append(
             f"| {i} | {r['tokens_per_s']:.0f} | {r['step_time_s']:.3f} | {r['step_time_cv']:.3f} "
+            f"| {r.get('step_time_ci', float('nan')):.3f} | {r.get('warmup_steps', float('nan')):.0f} "
             f"| {r['measured_steps']:.0f} | {r['overhead_share']:.0%} |"
         )
     lines += [
@@ -163,9 +238,12 @@ def main() -> None:
         ),
         "",
     ]
-    out = REPO / "benchmarks" / "results" / f"{date:%Y-%m-%d}-fidelity-{accelerator}.md"
+    if composed:
+        lines += [*composed_lines(composed), ""]
+    tag = f"-{args.tag}" if args.tag else ""
+    out = REPO / "benchmarks" / "results" / f"{date:%Y-%m-%d}-fidelity-{accelerator}{tag}.md"
     out.write_text("\n".join(lines))
-    print("\n".join(lines[:12]))
+    print("\n".join(lines[:14]))
     print(f"wrote {out}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -56,6 +57,33 @@ def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
         err.print(f"warning: {line}", markup=False)
 
 
+def _slow_checks(space: Any, enumeration: Any) -> None:
+    """What `tuner search` checks with transformers and DeepSpeed (their imports take seconds): the model config,
+    then DeepSpeed's parser on the base config (without the warnings: they are printed once it passed)."""
+    from tuner.devices import detect_accelerator
+    from tuner.preflight import check_base_config
+    from tuner.space import check_model_config, model_check_deferred
+
+    if model_check_deferred(space):
+        check_model_config(space)
+    check_base_config(space, enumeration.valid, detect_accelerator(space))
+
+
+def _checked(checks: Future[None], space: Any, enumeration: Any) -> None:
+    """Wait for `_slow_checks` (its SpaceError is raised here); then the base config's replaced keys, the study
+    and its points."""
+    from tuner.preflight import base_config_overrides
+    from tuner.store import redact
+
+    checks.result()
+    for line in base_config_overrides(space):
+        err.print(f"warning: {line}", markup=False)
+    out.print(f"study {space.study} in {redact(space.storage)}", markup=False)
+    out.print(f"{len(enumeration.valid)} valid point(s); {len(enumeration.dropped)} dropped", markup=False)
+    for reason, count in enumeration.dropped_summary():
+        out.print(f"  dropped {count}: {reason}", markup=False)
+
+
 def _check_run_dir(folder: Path) -> None:
     """The study's log folder must be one that can be created here: found out before the study is."""
     existing = folder
@@ -100,12 +128,10 @@ def search(
 ) -> None:
     """Run real DeepSpeed trials over the space and record every one in the Optuna storage."""
     from tuner.points import enumerate_points
-    from tuner.search import detect_accelerator
     from tuner.space import DEFAULT_STORAGE, load_space
-    from tuner.store import redact
 
     try:
-        space = load_space(space_file, study=study, storage=storage)
+        space = load_space(space_file, study=study, storage=storage, check_model=False)
         if space.storage is None:
             space = space.model_copy(update={"storage": DEFAULT_STORAGE})
         if max_trials is not None:
@@ -114,29 +140,27 @@ def search(
         if not enumeration.valid:
             reasons = "; ".join(reason for reason, _ in enumeration.dropped_summary())
             raise SpaceError("space", f"no valid point: {reasons}")
-        _preflight(space, enumeration, detect_accelerator(space))
         _check_run_dir(run_dir / str(space.study))
     except SpaceError as exc:
         _fail(exc)
     assert space.storage is not None and space.study is not None
-    out.print(f"study {space.study} in {redact(space.storage)}", markup=False)
-    out.print(f"{len(enumeration.valid)} valid point(s); {len(enumeration.dropped)} dropped", markup=False)
-    for reason, count in enumeration.dropped_summary():
-        out.print(f"  dropped {count}: {reason}", markup=False)
+    from concurrent.futures import ThreadPoolExecutor
 
     import optuna
 
-    from tuner.search import run_search
+    from tuner.progress import Progress
+    from tuner.search import run_search  # Ray's and Optuna's imports, before the thread's: no import cycles
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    from tuner.progress import Progress
-
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuner-checks")
+    checks = pool.submit(_slow_checks, space, enumeration)  # seconds of imports, while Ray starts
+    pool.shutdown(wait=False)
     progress = Progress(out, err, space.objectives[0])
     try:
         searched = run_search(
-            space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None
-        )
+            space, space_file, run_dir / space.study, progress, address=address, prune=False if no_prune else None,
+            checked=lambda: _checked(checks, space, enumeration),
+        )  # fmt: skip
     except SpaceError as exc:
         _fail(exc)
     from tuner.ranking import rank_study
@@ -205,6 +229,7 @@ def _max_context(
     budget: Any,
     calibrations: Any,
     as_json: bool,
+    hardware: dict[str, Any],
 ) -> None:
     """`tuner plan --max-context`: the longest sequence each family is predicted to fit (tuner.max_context)."""
     import dataclasses
@@ -226,7 +251,8 @@ def _max_context(
         _fail(exc)
     answers = max_context(shape, setup, enumeration.valid, budget, positions, calibrations)
     if as_json:
-        header = {"space": str(space_file), "model": dataclasses.asdict(shape), "budget": dataclasses.asdict(budget)}
+        header = {"space": str(space_file), "model": dataclasses.asdict(shape), "budget": dataclasses.asdict(budget),
+                  "hardware": hardware}  # fmt: skip
         out.print(json.dumps(max_context_json(answers, header), indent=2), markup=False, soft_wrap=True)
         return
     out.print(_model_line(shape, setup, setup.accelerator, "searched per family"), markup=False)
@@ -258,21 +284,40 @@ def plan(
             "sequence_length predicted to fit at micro-batch 1, up to the model's max_position_embeddings.",
         ),
     ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Plan on this GPU instead of the space's (what-if): h100-80gb, a100-40gb, a100-80gb, h200, l40s, l4.",
+            show_default=False,
+        ),
+    ] = None,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            help="Plan for this many ranks per trial instead of hardware.gpus_per_trial "
+            "(nodes of 8 devices beyond one).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Predict every point's memory and FLOPs from the architecture alone; nothing runs, no GPU needed."""
     import json
 
     from tuner.calibration import Measured, calibrate
+    from tuner.devices import detect_accelerator
     from tuner.plan import device_budget, estimate_setup, plan_space, prune_margin
     from tuner.points import enumerate_points
-    from tuner.search import detect_accelerator, memory_budget
+    from tuner.search import memory_budget
     from tuner.space import DEFAULT_STORAGE, load_space
+    from tuner.whatif import what_if
     from tuner.workload.hf_causal_lm import model_shape
 
     try:
         space = load_space(space_file)
         if accelerator not in (None, "cuda", "cpu"):
             raise SpaceError("--accelerator", f"cuda or cpu is allowed, not {accelerator!r}")
+        hardware = what_if(space, accelerator, device, ranks)  # the space's, or the what-if's
+        space = hardware.space
         kind = accelerator or detect_accelerator(space)
         enumeration = enumerate_points(space)
         _preflight(space, enumeration, kind)
@@ -295,16 +340,21 @@ def plan(
             calibrations = calibrate(shape, setup, measured)
     except SpaceError as exc:
         _fail(exc)
-    budget = device_budget(memory_budget(space, kind), space.hardware.host_memory_gb, prune_margin(space, kind), kind)
+    device_gb = hardware.device_gb or memory_budget(space, kind)  # a what-if device: its card, not this node's
+    budget = device_budget(device_gb, space.hardware.host_memory_gb, prune_margin(space, kind), kind)
     budget = budget.with_measured_overhead([m.overhead_gb for m in measured])
+    if not as_json:
+        out.print(hardware.describe(kind), markup=False)
     if max_context:
-        _max_context(space, space_file, shape, setup, enumeration, budget, calibrations, as_json)
+        seen = hardware.as_dict(kind)
+        _max_context(space, space_file, shape, setup, enumeration, budget, calibrations, as_json, seen)
         return
     result = plan_space(shape, setup, enumeration, budget, calibrations)
     from tuner.plan_view import plan_json, plan_table
 
     if as_json:
-        out.print(json.dumps(plan_json(result, space_file), indent=2), markup=False, soft_wrap=True)
+        shown = {**plan_json(result, space_file), "hardware": hardware.as_dict(kind)}
+        out.print(json.dumps(shown, indent=2), markup=False, soft_wrap=True)
         return
     s = result.shape
     a = s.adapters
@@ -346,6 +396,14 @@ def export(
     accelerator: Annotated[
         str | None, typer.Option(help="cuda or cpu: write the config for this device kind (default: the study's).")
     ] = None,
+    tokens: Annotated[
+        float | None,
+        typer.Option(
+            help="Print (and keep in the provenance) the days to train this many tokens, e.g. 2e12, on "
+            "--world-size ranks at the measured tokens/s per device.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write the best (or a chosen) trial's complete config and its provenance file."""
     from tuner.export import export as do_export
@@ -356,7 +414,7 @@ def export(
     url = storage or DEFAULT_STORAGE
     try:
         found = load_study(open_storage(url, "--storage", existing=True), study)
-        done = do_export(found, url, output, trial, world_size, fmt, accelerator)
+        done = do_export(found, url, output, trial, world_size, fmt, accelerator, tokens)
     except SpaceError as exc:
         _fail(exc)
     chosen = done.trial
@@ -365,6 +423,8 @@ def export(
     out.print(f"{wrote}{extra} and {done.provenance_path}", markup=False)
     for note in done.notes:
         out.print(f"note: {note}", markup=False)
+    if done.time_to_train is not None:
+        out.print(done.time_to_train.line(), markup=False)
     if done.command is not None:
         out.print("train your script with it: " + shlex.join(done.command), markup=False)
     if done.training_args is not None:
@@ -375,27 +435,104 @@ def export(
 
 
 @app.command()
+def check(
+    ds_config: Annotated[Path, typer.Argument(help="The exported ds_config.json to check.", show_default=False)],
+    provenance: Annotated[
+        Path | None, typer.Option(help="Its provenance file (default: the .provenance.json export wrote beside it).")
+    ] = None,
+    max_slowdown: Annotated[
+        float, typer.Option(help="Fail when tokens/s (samples/s) fell more than this fraction (0.05 is 5%).")
+    ] = 0.05,
+    max_memory_growth: Annotated[
+        float, typer.Option(help="Fail when peak memory rose more than this fraction (0.05 is 5%).")
+    ] = 0.05,
+    device_memory_gb: Annotated[
+        float | None, typer.Option(help="Check under this memory budget per device instead of the search's.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Run on an existing Ray cluster (auto, HOST:PORT, ...).")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Where the check's trial log goes (a folder per study).")] = Path(
+        "tuner_runs"
+    ),
+    record: Annotated[
+        bool, typer.Option("--record", help="Keep the check as a trial of the original study (check_of: N).")
+    ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", envvar="TUNER_STORAGE", help="Where to --record (default: the provenance's)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, or json: one object for CI.")] = "text",
+) -> None:
+    """Re-run an exported config as one trial of its search and compare with what was recorded.
+
+    Exit 0 within tolerance, 1 slower, bigger or failed, 2 bad input.
+    """
+    import contextlib
+    import json
+    import sys
+
+    from tuner.check_cmd import Request, check_json, check_lines, prepare, run_check
+
+    request = Request(
+        ds_config, provenance, max_slowdown, max_memory_growth, device_memory_gb, address, run_dir, record, storage,
+        fmt,
+    )  # fmt: skip
+    # stdout is the check alone (--format json: one object): what DeepSpeed logs on import goes to stderr.
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            inputs, url = prepare(request)
+            checked = run_check(request, inputs, url)
+    except SpaceError as exc:
+        _fail(exc)
+    if fmt == "json":
+        out.print(json.dumps(check_json(checked), indent=2), markup=False, soft_wrap=True)
+    else:
+        out.print("\n".join(check_lines(checked)), markup=False)
+    raise typer.Exit(checked.verdict.exit_code)
+
+
+@app.command()
 def results(
-    study: Annotated[str, typer.Option(help="The study to list.", show_default=False)],
+    study: Annotated[
+        str | None, typer.Option(help="The study to list (required without --compare).", show_default=False)
+    ] = None,
     storage: StorageOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="One row per study named after it: each study's best side by side.")
+    ] = False,
+    studies: Annotated[
+        list[str] | None,
+        typer.Argument(help="With --compare: the studies to line up.", metavar="STUDY", show_default=False),
+    ] = None,
 ) -> None:
-    """One row per trial, best first: the point, state, failure, every figure and the predicted memory."""
+    """One row per trial, best first: the point, state, failure, every figure and the predicted memory; with
+    --compare, the best of each study: tokens/s, per device, peak memory, USD per million tokens, device, ranks."""
+    from tuner.compare import compare_frame, compare_text, study_names
     from tuner.results import results_frame, write_results
     from tuner.space import DEFAULT_STORAGE
     from tuner.store import load_study, open_storage
 
     url = storage or DEFAULT_STORAGE
     try:
-        frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study))
-        text = write_results(frame, fmt, output)
+        if studies and not compare:
+            raise SpaceError("--compare", f"studies as arguments ({' '.join(studies)}) are compared: add --compare")
+        if compare:
+            names = study_names([*([study] if study else []), *(studies or [])])
+            opened = open_storage(url, "--storage", existing=True)
+            frame = compare_frame([load_study(opened, name, "--compare") for name in names])
+            text = write_results(frame, fmt, output, compare_text)
+        elif study is None:
+            raise SpaceError("--study", "required: the study to list (or --compare STUDY STUDY ...)")
+        else:
+            frame = results_frame(load_study(open_storage(url, "--storage", existing=True), study), checks=True)
+            text = write_results(frame, fmt, output)
     except SpaceError as exc:
         _fail(exc)
     if text is not None:
         out.print(text, markup=False, end="")
     else:
-        err.print(f"wrote {len(frame)} trial(s) to {output}", markup=False)
+        err.print(f"wrote {len(frame)} {'studies' if compare else 'trial(s)'} to {output}", markup=False)
 
 
 @app.command()

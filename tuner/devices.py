@@ -8,6 +8,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuner.space import Space
+
+GPU_DEVICE_FILES = ("nvidiactl", "nvidia0", "dxg", "kfd")  # NVIDIA's driver, WSL's GPU, ROCm's
+
+
+def detect_accelerator(space: Space) -> str:
+    """`cuda` when asked for or when a GPU is visible, else `cpu` (ranks are CPU processes over gloo).
+
+    Without a GPU driver's device file CUDA cannot be available: asking torch would import it (seconds).
+    """
+    if space.hardware.accelerator != "auto":
+        return space.hardware.accelerator
+    if not any(Path("/dev", name).exists() for name in GPU_DEVICE_FILES):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def visible_gpu_memory_gb() -> float | None:

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
+from tuner.cost import TimeToTrain, trained_in
 from tuner.dsconfig import retarget
 from tuner.errors import SpaceError
 from tuner.handoff import (
@@ -35,8 +36,10 @@ from tuner.trial.failures import one_line
 from tuner.workload.script import fill_args, trial_values
 
 FIGURE_KEYS = (
-    "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "measured_steps",
+    "tokens_per_s", "samples_per_s", "step_time_s", "step_time_cv", "step_time_ci", "measured_steps",
     "peak_mem_gb", "peak_reserved_gb", "final_loss", "num_parameters", "trainable_parameters",
+    "usd_per_million_tokens", "usd_per_million_samples", "usd_per_hour",
+    "threads_per_rank",  # `tuner check` runs with as many
 )  # fmt: skip
 
 
@@ -107,6 +110,17 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         **_installed("accelerate"),  # Trainer's DeepSpeed, tensor- and sequence-parallel hand-off (--format hf)
     }
+
+
+def _device(trial: FrozenTrial, study: optuna.Study) -> dict[str, str]:
+    """The device the trial measured on, as its rank 0 named it (`tuner check` prints a change of it); the
+    study's device kind where the trial's folder is not on this machine."""
+    from tuner.check_run import result_device
+
+    log = trial.user_attrs.get("log_path")
+    name = result_device(Path(log).parent) if isinstance(log, str) else None
+    kind = study.user_attrs.get("accelerator")
+    return {"device": name} if name else {"device": str(kind)} if kind else {}
 
 
 def _installed(package: str) -> dict[str, str]:
@@ -208,6 +222,7 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
             "ranks": ranks,
             "accelerator": study.user_attrs.get("accelerator"),
             "sequence_length": sequence_length(space, trial.params),
+            "step_timing": trial.user_attrs.get("step_timing", "whole"),  # whole or composed steps
             **parallel_layout(trial.params, ranks),
         },
         "model_config": (space.get("model") or {}).get("config"),
@@ -215,7 +230,8 @@ def provenance(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dic
         **workload_settings(trial.params),
         "space_file": study.user_attrs.get("space_file"),
         "space_yaml": study.user_attrs.get("space_yaml"),
-        "versions": _versions(),
+        "space": space or None,  # the resolved space the study kept: what `tuner check` rebuilds the trial from
+        "versions": {**_versions(), **_device(trial, study)},
     }
 
 
@@ -236,6 +252,7 @@ class Exported:
     training_args_path: Path | None = None
     command: list[str] | None = None  # a script study: the user's script with the winner's arguments
     lora_config: dict[str, Any] | None = None  # peft.LoraConfig's arguments when the trials trained adapters
+    time_to_train: TimeToTrain | None = None  # --tokens
 
 
 def script_command(
@@ -269,9 +286,12 @@ def export(
     world_size: int | None = None,
     fmt: str = "deepspeed",
     accelerator: str | None = None,
+    tokens: float | None = None,
 ) -> Exported:
     """Write the trial's config (for `world_size` ranks, as `fmt`, for `accelerator`: default the study's) and
-    the provenance beside it; nothing on failure."""
+    the provenance beside it, with the days to train `tokens` on those ranks when asked; nothing on failure."""
+    if tokens is not None and not 0 < tokens < float("inf"):
+        raise SpaceError("--tokens", f"must be a positive number of tokens to train, e.g. 2e12, got {tokens:g}")
     if fmt not in EXPORT_FORMATS:
         raise SpaceError("--format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if accelerator not in (None, *ACCELERATORS):
@@ -295,6 +315,8 @@ def export(
         raise SpaceError("--trial", f"DeepSpeed rejects trial {trial.number}'s config: {one_line(exc)}") from None
     args = args_path = None
     prov = provenance(study, trial, storage_url)
+    days = None if tokens is None else trained_in(trial.user_attrs, trial.number, tokens, ranks, world)
+    prov["time_to_train"] = None if days is None else days.as_dict()
     if prov["lora_config"]:
         notes.append(
             "the trials trained LoRA adapters on a frozen base (peft): wrap the model as printed below (lora_config "
@@ -331,5 +353,5 @@ def export(
     prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     return Exported(
         trial, output, prov_path, world, notes, args, args_path, script[1] if script else None,
-        lora_config=prov["lora_config"],
+        lora_config=prov["lora_config"], time_to_train=days,
     )  # fmt: skip

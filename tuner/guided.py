@@ -23,6 +23,9 @@ the best of its length only if that bound, widened by `slack` (noise and the ass
 that best: so points within `slack` of the best are still measured, the rest never. Rule 3 is the
 exception: it is taken as certain. The search stops when no unmeasured point that fits can plausibly beat
 the best of its length.
+The rules are about speed, and hold for every objective guided accepts: step time and USD per million tokens
+(tuner.cost: at the study's fixed price and device count, cost is proportional to 1/throughput) rank points
+as tokens/s does; the memory evidence (tuner.evidence) does not depend on the objective.
 """
 
 from __future__ import annotations

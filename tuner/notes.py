@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.cost import priced
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,7 @@ def trial_note(trial: FrozenTrial) -> str:
             _figure(trial, "tokens_per_s", "{:,.0f} tokens/s") or _figure(trial, "samples_per_s", "{:,.2f} samples/s"),
             _figure(trial, "peak_mem_gb", "peak memory {:.2f} GB"),
             _figure(trial, "step_time_s", "step {:.3g} s"),
+            _figure(trial, "usd_per_million_tokens", "${:,.4g} per million tokens"),  # priced (tuner.cost)
         ]
         if isinstance(attrs.get("duplicate_of"), int):
             figures.append(f"the values of trial {attrs['duplicate_of']} (the same point, not run again)")
@@ -51,7 +54,7 @@ def study_note(study_name: str, storage: str, best: FrozenTrial | None, objectiv
     peak = _figure(best, "peak_mem_gb", ", peak memory {:.2f} GB") or ""
     return (
         f"## Best: trial {best.number}, {best.user_attrs.get('point', '')}\n\n"
-        f"{objective} {value} (mean of its measurements){peak}.\n\n"
+        f"{objective} {value} (mean of its measurements){peak}{priced(best.user_attrs)}.\n\n"
         "Export its full-training DeepSpeed config:\n\n"
         f"```\ntuner export --study {study_name} --storage '{storage}' --output ds_config.json\n```\n"
     )

@@ -63,7 +63,8 @@ class Progress:
         best = data.get("best")
         f = result.figures
         mfu = f" MFU {f['mfu']:.1%}," if "mfu" in f else ""
-        noisy = " NOISY" if f.get("noisy") else ""
+        noisy = " composed" if result.step_timing == "composed" else ""
+        noisy += " NOISY" if f.get("noisy") else ""
         noisy += ", STOPPED EARLY: clearly slower than the best" if f.get("stopped_early") else ""
         if "tokens_per_s" in f:
             speed = f"{f['tokens_per_s']:,.0f} tokens/s, {f['tflops_per_device']:.3g} TFLOP/s/device,{mfu}"

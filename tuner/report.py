@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.cost import priced
 from tuner.errors import SpaceError
 from tuner.knobs import MAIN, SCALE, family_label
 from tuner.parallel import LENGTH
 from tuner.ranking import best, best_per_length, objective_names, rank_study
-from tuner.results import results_frame, table_text
+from tuner.report_table import SORT_SCRIPT, TABLE_STYLE, empty_plot, has_data, trials_table
+from tuner.results import results_frame
 from tuner.store import redact
 
 if TYPE_CHECKING:
@@ -170,18 +172,31 @@ def failures_figure(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _figures(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+def _figures(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, go.Figure | str]]:
+    """The plots in order; a sentence instead of a plot where the study has nothing to show for it."""
     from optuna.visualization import plot_pareto_front, plot_timeline
 
     names = objective_names(study)
     budget = study.user_attrs.get("space", {}).get("hardware", {}).get("device_memory_gb")
-    figures = [("throughput", throughput_figure(frame)), ("memory", memory_figure(frame, budget))]
-    figures += length_figures(frame, budget)
+    figures: list[tuple[str, go.Figure | str]] = [
+        ("throughput", throughput_figure(frame)), ("memory", memory_figure(frame, budget))
+    ]  # fmt: skip
+    figures += length_figures(frame, budget) or [("lengths", _one_length(study, frame))]
     if len(names) > 1 and any(t.values for t in study.best_trials):
         figures.append(("pareto", plot_pareto_front(study, target_names=names)))
     figures.append(("timeline", plot_timeline(study)))
     figures.append(("failures", failures_figure(frame)))
     return figures
+
+
+def _one_length(study: optuna.Study, frame: pd.DataFrame) -> str:
+    """Why there is no plot against the sequence length: the study measured one."""
+    lengths = sorted({int(n) for n in frame[LENGTH].dropna()}) if LENGTH in frame else []
+    if not lengths:
+        given = (study.user_attrs.get("space") or {}).get("data", {}).get("sequence_length")
+        lengths = given if isinstance(given, list) else [given] if isinstance(given, int) else []
+    at = f" ({lengths[0]} tokens)" if len(lengths) == 1 else ""
+    return f"Every trial ran at one sequence length{at}, so there is nothing to plot against the length."
 
 
 def _best_section(study: optuna.Study) -> str:
@@ -196,7 +211,7 @@ def _best_section(study: optuna.Study) -> str:
         '<div class="best" id="best">'
         f"<h2>Best configuration: trial {trial.number}, {html.escape(str(trial.user_attrs.get('point', '')))}</h2>"
         f"<p>{html.escape(names[0])} = {value}; peak memory "
-        f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device.</p>"
+        f"{trial.user_attrs.get('peak_mem_gb', float('nan')):.3g} GB per device{priced(trial.user_attrs)}.</p>"
         f"<p>Export it: <code>tuner export --study {html.escape(study.study_name)} --output ds_config.json</code></p>"
         f"<pre id='best-ds-config'>{html.escape(config)}</pre>{_per_length(study)}</div>"
     )
@@ -220,11 +235,16 @@ def render_report(study: optuna.Study, storage_url: str) -> str:
     frame = results_frame(study)
     if frame.empty:
         raise SpaceError("--study", f"study {study.study_name!r} has no trials to report yet; run tuner search first")
-    parts = []
-    for index, (name, fig) in enumerate(_figures(study, frame)):
+    parts, inlined = [], False
+    for name, fig in _figures(study, frame):
+        if isinstance(fig, str) or not has_data(fig):  # say why, not empty axes
+            parts.append(empty_plot(name, fig if isinstance(fig, str) else None))
+            continue
         fig.update_layout(height=460)
-        body = fig.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"plot-{name}")
+        body = fig.to_html(full_html=False, include_plotlyjs=not inlined, div_id=f"plot-{name}")
+        inlined = True  # plotly.js once, with the first plot drawn
         parts.append(f'<div class="plot" data-plot="{name}">{body}</div>')
+    top = best(rank_study(study))  # its row is marked in the table
     counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
     summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no trials"
     title = f"tuner report: study {study.study_name}"
@@ -235,6 +255,7 @@ def render_report(study: optuna.Study, storage_url: str) -> str:
             f"<title>{html.escape(title)}</title>",
             ERROR_HOOK,
             STYLE,
+            TABLE_STYLE,
             "</head><body>",
             f"<h1>{html.escape(title)}</h1>",
             '<p id="script-errors" hidden></p>',
@@ -244,7 +265,8 @@ def render_report(study: optuna.Study, storage_url: str) -> str:
             "<h2>Plots</h2>",
             *parts,
             "<h2>All trials, best first</h2>",
-            f"<pre id='results'>{html.escape(table_text(frame))}</pre>",
+            trials_table(frame, top.number if top else None),
+            SORT_SCRIPT,
             "</body></html>",
         ]
     )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.cost import cost_figures
 from tuner.flops import flops_per_token, peak_tflops, work_figures
+from tuner.trial.measure import median_ci
 from tuner.trial.spec import TrialSpec
 
 GB = 1024**3
@@ -31,6 +34,8 @@ class TrialResult:
     nodes: list[str] = field(default_factory=list)  # where the ranks ran, node 0 first (on a Ray cluster)
     log_host: str | None = None  # the node whose disk holds log_path
     spec: TrialSpec | None = None  # what the trial ran
+    device_name: str | None = None  # as torch names the device ("cpu" without a GPU): compared across studies
+    step_timing: str | None = None  # how its step times were taken: whole or composed (tuner.trial.timing)
 
     def __post_init__(self) -> None:
         assert (self.failure_category is None) == bool(self.figures), "either figures or a failure"
@@ -49,6 +54,10 @@ class TrialResult:
             attrs["log_host"] = self.log_host
         if self.nodes:
             attrs["nodes"] = list(self.nodes)
+        if self.device_name:
+            attrs["device_name"] = self.device_name
+        if self.step_timing:
+            attrs["step_timing"] = self.step_timing
         if self.spec is not None:
             attrs["data_source"] = self.spec.data.get("source", "synthetic")
         if not self.ok:
@@ -102,6 +111,7 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
     times = [float(t) for t in raw["step_times_s"]]
     step = statistics.median(times)
     cv = spread(times)
+    ci = median_ci(times)
     global_batch, seq = spec.global_batch_size, spec.sequence_length
     clock = raw["clock"]
     measure_s = clock["measured"] - clock["warmed_up"]
@@ -110,7 +120,8 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
         "step_time_s": step,
         "step_time_cv": cv,
         "measured_steps": float(len(times)),
-        "noisy": float(cv > spec.max_cv and not raw.get("stopped_early")),
+        "step_time_ci": ci if math.isfinite(ci) else cv,  # the median's 95% interval, relative (cv for one step)
+        "noisy": float(ci > spec.max_cv and not raw.get("stopped_early")),
         "stopped_early": float(bool(raw.get("stopped_early"))),
         "peak_mem_gb": float(raw["peak_mem_bytes"]) / GB,
         "peak_reserved_gb": float(raw["peak_reserved_bytes"]) / GB,
@@ -129,6 +140,10 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
         "fixed_overhead_s": max(0.0, duration_s - measure_s),
         "overhead_share": max(0.0, duration_s - measure_s) / duration_s if duration_s > 0 else 0.0,
     }
+    if "warmup_steps" in raw:
+        figures["warmup_steps"] = float(raw["warmup_steps"])
+    for part, seconds in (raw.get("micro_step_s") or {}).items():  # a composed step's parts
+        figures[f"{part}_micro_step_s"] = float(seconds)
     if raw.get("threads_per_rank"):
         figures["threads_per_rank"] = float(raw["threads_per_rank"])
     if raw["device"] == "cuda":  # what lives on the card outside PyTorch's allocator (context, NCCL), and its size
@@ -144,4 +159,5 @@ def figures_from_worker(raw: dict[str, Any], spec: TrialSpec, duration_s: float)
             peak_tflops(raw["device_name"], spec.precision) if raw["device"] == "cuda" else None
         )
         figures.update(work_figures(figures["tokens_per_s"], int(raw["world_size"]), per_token, peak))
+    figures.update(cost_figures(figures, spec.usd_per_hour))
     return figures

@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage
 
-from tuner.devices import device_budget_gb, visible_gpu_memory_gb
+from tuner.devices import detect_accelerator, device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
 from tuner.heartbeat import Heartbeats, HeartbeatSettings
@@ -38,13 +36,12 @@ from tuner.placement import (
 from tuner.plan import EvidenceJudge, MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points
 from tuner.ranking import record_ranking, recording
-from tuner.searcher import RESULT_KEY, StudySearcher
+from tuner.searcher import StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.failures import one_line
-from tuner.trial.launch import run_trial
-from tuner.trial.nodes import node_name, prebuild_everywhere, run_spanning_trial, ship_to_head
-from tuner.trial.spec import TrialSpec
+from tuner.trial.nodes import prebuild_everywhere
+from tuner.trial.trainable import TrialContext, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
 
 
 @dataclass(frozen=True)
@@ -53,27 +50,6 @@ class SearchRun:
 
     study: optuna.Study
     interrupted: bool
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial of one search shares; sent to Ray's workers once."""
-
-    space: Space
-    accelerator: str
-    run_dir: Path
-    bundles: tuple[dict[str, float], ...]  # the trial's placement group, one bundle per node
-    head_node: str  # Ray's id of the node `tuner search` runs on: every trial's files end up there
-    head_host: str
-
-
-def detect_accelerator(space: Space) -> str:
-    """`cuda` when asked for or when a GPU is visible, else `cpu` (ranks are CPU processes over gloo)."""
-    if space.hardware.accelerator != "auto":
-        return space.hardware.accelerator
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def memory_budget(space: Space, accelerator: str) -> float | None:
@@ -87,49 +63,6 @@ def script_record(script: str, args: list[str]) -> dict[str, Any]:
     """The user's script as the study keeps it: path, argument template and the hash of the file measured."""
     digest = hashlib.sha256(Path(script).read_bytes()).hexdigest()
     return {"path": script, "args": list(args), "sha256": digest}
-
-
-def trial_spec(
-    space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
-) -> TrialSpec:
-    """What each rank's worker reads; `stop_over_step_s` is the early-stopping limit, if any."""
-    return TrialSpec.build(space, point, ds_config, stop_over_step_s)
-
-
-def _trainable(config: dict[str, Any], context: TrialContext) -> None:
-    """One Tune trial: run the DeepSpeed trial and report its TrialResult (never raises for its faults).
-
-    A trainable on another node than the search's runs in a scratch folder and ships it to the run folder.
-    """
-    import ray
-    from ray import tune
-
-    space = context.space
-    point = Point.from_params(config["point"])
-    spec = trial_spec(space, point, config["ds_config"], config.get("stop_over_step_s"))
-    name = f"trial_{config['trial_number']:04d}"
-    on_head = ray.get_runtime_context().get_node_id() == context.head_node
-    scratch = None if on_head else Path(tempfile.mkdtemp(prefix="tuner-trial-"))
-    folder = (scratch or context.run_dir) / name
-    try:
-        if len(context.bundles) > 1:
-            result = run_spanning_trial(
-                spec, folder, bundles=list(context.bundles), ranks_per_node=space.hardware.ranks_per_node,
-                accelerator=context.accelerator, timeout_s=space.trial.timeout_s,
-            )  # fmt: skip
-        else:
-            cpus = int(context.bundles[0]["CPU"])
-            result = run_trial(
-                spec, folder, ranks=space.hardware.gpus_per_trial, accelerator=context.accelerator,
-                timeout_s=space.trial.timeout_s, cpus=cpus,
-            ).placed([node_name()])  # fmt: skip
-        on_disk = folder if scratch is None else Path(ship_to_head(folder, context.head_node, context.run_dir / name))
-        result = result.moved(str(on_disk / "trial.log"), context.head_host)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-    report: dict[str, Any] = {RESULT_KEY: result.to_json(), **result.figures}
-    tune.report(report)
 
 
 def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) -> dict[Point, dict[str, Any]]:
@@ -262,10 +195,12 @@ def run_search(
     on_event: Callable[[str, dict[str, Any]], None],
     address: str | None = None,
     prune: bool | None = None,
+    checked: Callable[[], object] | None = None,
 ) -> SearchRun:
     """Run the search to its end; every launched trial is in the store as COMPLETE or FAIL afterwards.
 
-    `prune` (the CLI's --no-prune) overrides `search.prune`.
+    `prune` (the CLI's --no-prune) overrides `search.prune`. `checked` waits for the checks the caller
+    runs while Ray starts (raising SpaceError for the first problem); nothing is written before it returns.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines, not Ray's tables
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -280,7 +215,9 @@ def run_search(
     # An unreachable store is reported before Ray starts (a SQLite file is opened only once nothing can fail).
     storage = None if space.storage.startswith("sqlite") else open_storage(space.storage)
     connect_ray(address, accelerator, ranks)  # before anything is written: a trial that cannot be placed
-    if address:  # is bad input
+    if checked is not None:  # is bad input, as is what the caller's checks find
+        checked()
+    if address:
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
     over_card = device_budget_gb(space.hardware.device_memory_gb, visible_gpu_memory_gb())[1]
@@ -333,7 +270,7 @@ def run_search(
         ray.get_runtime_context().get_node_id(), socket.gethostname(),
     )  # fmt: skip
     resources = tune.PlacementGroupFactory(bundles, strategy=strategy(bundles))
-    trainable = tune.with_resources(tune.with_parameters(_trainable, context=context), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_tune_trial, context=context), resources)
     on_event("concurrency", {"trials": at_once, "nodes_per_trial": len(bundles)})
     tuner = tune.Tuner(
         trainable,

@@ -27,8 +27,7 @@ from tuner.space import Space
 from tuner.state import SearchState
 from tuner.store import measured_memory
 from tuner.trial.failures import Failure
-
-RESULT_KEY = "tuner_result"
+from tuner.trial.trainable import RESULT_KEY
 
 
 class StudySearcher(Searcher):

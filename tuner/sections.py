@@ -266,6 +266,14 @@ class HardwareSection(_Section):
     peak_tflops: PositiveFloat | None = Field(
         None, description="Peak TFLOP/s of one device at the training precision, for MFU (default: the GPU table)."
     )
+    price_per_device_hour: PositiveFloat | None = Field(
+        None,
+        description="USD per device-hour (the cloud's price of one GPU): gives every trial usd_per_million_tokens "
+        "and makes it an objective.",
+    )
+    price_per_node_hour: PositiveFloat | None = Field(
+        None, description="USD per node-hour on top of the devices' price, per node a trial spans (nodes_per_trial)."
+    )
 
     @field_validator("nodes_per_trial")
     @classmethod
@@ -289,6 +297,15 @@ class HardwareSection(_Section):
     @property
     def ranks_per_node(self) -> int:
         return self.gpus_per_trial // self.nodes_per_trial
+
+    @property
+    def usd_per_hour(self) -> float | None:
+        """What one trial's devices and nodes cost an hour (tuner.cost), or None when no price is given."""
+        from tuner.cost import hourly_price
+
+        return hourly_price(
+            self.price_per_device_hour, self.price_per_node_hour, self.gpus_per_trial, self.nodes_per_trial
+        )
 
 
 def _knob_field(k: Knob) -> tuple[Any, Any]:
@@ -350,8 +367,9 @@ SpaceSection = create_model(  # type: ignore[call-overload]
 )
 
 
-ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb"]
-SPEED_OBJECTIVES = ("tokens_per_s", "samples_per_s", "step_time_s")
+ObjectiveName = Literal["tokens_per_s", "samples_per_s", "step_time_s", "peak_mem_gb", "usd_per_million_tokens"]
+# Cost ranks like step time within a study (a fixed price and device count: cost is proportional to 1/throughput).
+SPEED_OBJECTIVES = ("tokens_per_s", "samples_per_s", "step_time_s", "usd_per_million_tokens")
 
 
 def _default_sampler(data: Any) -> Any:
@@ -387,7 +405,8 @@ class SearchSection(_Section):
                 raise ValueError(f"objective {name!r} is listed twice")
         if info.data.get("sampler") == "guided" and (len(names) > 1 or names[0] not in SPEED_OBJECTIVES):
             raise ValueError(
-                "the guided sampler needs one speed objective: tokens_per_s, samples_per_s or step_time_s "
+                "the guided sampler needs one speed objective: tokens_per_s, samples_per_s, step_time_s or "
+                "usd_per_million_tokens "
                 "(for a list of objectives use tpe, random or grid)"
             )
         return names[0] if len(names) == 1 else names
@@ -446,13 +465,20 @@ class SearchSection(_Section):
 class TrialSection(_Section):
     """How long a trial measures, and when it gives up."""
 
-    warmup_steps: int = Field(2, ge=0, description="Optimizer steps run before timing starts.")
-    measure_steps: PositiveInt = Field(5, description="Timed optimizer steps (at least).")
+    warmup_steps: int = Field(
+        2, ge=0, description="Most untimed steps: the first one, then any while step times still fall (0: none)."
+    )
+    measure_steps: PositiveInt = Field(3, description="Timed optimizer steps (at least).")
     max_cv: PositiveFloat = Field(
-        0.05, description="Spread (coefficient of variation) of step times above which more steps are measured."
+        0.05, description="Half-width of the median step time's 95% interval, relative, above which more are timed."
     )
     max_measure_steps: PositiveInt | None = Field(
-        None, description="Most timed steps when the spread stays high (default: 3 x measure_steps); then noisy."
+        None, description="Most timed steps while the interval stays wide (default 15, or 3 x measure_steps); noisy."
+    )
+    step_timing: Literal["auto", "whole", "composed"] = Field(
+        "auto",
+        description="whole: time every micro-step of a step; composed: time the first, 3 middle and the boundary "
+        "micro-step and compose the step; auto: composed from 16 accumulation micro-steps per step.",
     )
     timeout_s: PositiveFloat = Field(600.0, description="Wall-clock limit of one trial, all ranks.")
 
@@ -467,4 +493,4 @@ class TrialSection(_Section):
     @property
     def measure_cap(self) -> int:
         """The most steps a noisy trial measures."""
-        return self.max_measure_steps or 3 * self.measure_steps
+        return self.max_measure_steps or max(15, 3 * self.measure_steps)

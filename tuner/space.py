@@ -41,6 +41,7 @@ OBJECTIVES: dict[str, Literal["maximize", "minimize"]] = {
     "samples_per_s": "maximize",
     "step_time_s": "minimize",
     "peak_mem_gb": "minimize",
+    "usd_per_million_tokens": "minimize",
 }
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 
@@ -202,8 +203,12 @@ def _check_model_config(
     validate_model_config(config, sequence_length, options)
 
 
-def parse_space(raw: Any, default_study: str) -> Space:
-    """Validate a loaded YAML document; file references must already be resolved to mappings."""
+def parse_space(raw: Any, default_study: str, check_model: bool = True) -> Space:
+    """Validate a loaded YAML document; file references must already be resolved to mappings.
+
+    `check_model=False` leaves model.config's check with transformers to `check_model_config` (seconds of
+    imports, which `tuner search` runs while Ray starts).
+    """
     if not isinstance(raw, dict):
         raise SpaceError("(top level)", "the file must be a mapping of sections (model, data, training, space, ...)")
     try:
@@ -215,10 +220,23 @@ def parse_space(raw: Any, default_study: str) -> Space:
     if space.storage is not None:
         _check_storage(space.storage, "storage")
     _check_workload(space)
+    _check_priced(space)
+    if check_model:
+        check_model_config(space)
+    return space
+
+
+def check_model_config(space: Space) -> None:
+    """model.config checked with transformers: importing it and torch takes seconds (see parse_space)."""
     if space.model is not None:
         longest = max(space.data.lengths) if space.data.lengths else None  # the position table must hold it
         _check_model_config(space.model_config_dict, longest, space.model.options())
-    return space
+
+
+def model_check_deferred(space: Space) -> bool:
+    """Whether `load_space(check_model=False)` left model.config unchecked: a data set other than synthetic
+    is read with the model's vocabulary, so its model is checked first, there."""
+    return space.model is not None and space.data.synthetic
 
 
 def _check_workload(space: Space) -> None:
@@ -228,11 +246,20 @@ def _check_workload(space: Space) -> None:
             raise SpaceError("model", "required key is missing (or run your own script: workload.script)")
         if not space.data.lengths:
             raise SpaceError("data.sequence_length", "required key is missing")
-    elif not space.data.lengths and "tokens_per_s" in space.objectives:
+    elif not space.data.lengths and (tokens := {"tokens_per_s", "usd_per_million_tokens"} & set(space.objectives)):
         raise SpaceError(
             "search.objective",
-            "tokens_per_s needs data.sequence_length (the tokens in one of the script's samples); "
+            f"{min(tokens)} needs data.sequence_length (the tokens in one of the script's samples); "
             "give it, or use samples_per_s",
+        )
+
+
+def _check_priced(space: Space) -> None:
+    """A cost objective needs a price (tuner.cost)."""
+    if "usd_per_million_tokens" in space.objectives and space.hardware.usd_per_hour is None:
+        raise SpaceError(
+            "hardware.price_per_device_hour",
+            "required for search.objective usd_per_million_tokens: the USD price of one device-hour, e.g. 2.5",
         )
 
 
@@ -289,8 +316,9 @@ def _script_path(value: str, base_dir: Path) -> Path:
     return script
 
 
-def load_space(path: Path, study: str | None = None, storage: str | None = None) -> Space:
-    """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file.
+def load_space(path: Path, study: str | None = None, storage: str | None = None, check_model: bool = True) -> Space:
+    """Read, resolve and validate a space file; `study`/`storage` (CLI flags) override the file;
+    `check_model=False`: see parse_space and model_check_deferred.
 
     data.source and data.tokenizer become absolute paths, and the global batch the trials will train on is
     read once (tuner.workload.data.check), so bad data is bad input here.
@@ -316,7 +344,9 @@ def load_space(path: Path, study: str | None = None, storage: str | None = None)
             raw["workload"] = {**workload, "script": str(_script_path(workload["script"], path.parent))}
         if isinstance(raw.get("data"), dict):
             raw["data"] = data_paths(raw["data"], path.parent)
-    space = parse_space(raw, default_study=path.stem)
+    space = parse_space(raw, default_study=path.stem, check_model=False)
+    if check_model or not model_check_deferred(space):
+        check_model_config(space)
     if space.workload is not None and not space.data.synthetic:
         raise SpaceError("data.source", "applies to the built-in workload; a script reads its own data")
     data = check_data(space.data, space.model_config_dict, space.training.global_batch_size, space.search.seed)

@@ -116,9 +116,23 @@ def load_study(storage: RDBStorage, name: str, key: str = "--study") -> optuna.S
     return optuna.load_study(study_name=name, storage=storage)
 
 
+CHECK_OF = "check_of"  # `tuner check --record`: a re-run of an exported trial, after the search
+
+
 def measured_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
-    """Trials that ran, leaving out the records of points TPE proposed twice (`duplicate_of`)."""
-    return [t for t in study.get_trials(deepcopy=False, states=states) if "duplicate_of" not in t.user_attrs]
+    """Trials the search ran, leaving out the records of points TPE proposed twice (`duplicate_of`) and the
+    checks of an exported config (`check_of`): measured later, perhaps on other versions, they must neither
+    rank, nor calibrate the memory model, nor count as a point measured."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if "duplicate_of" not in t.user_attrs and CHECK_OF not in t.user_attrs
+    ]
+
+
+def check_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The checks `tuner check --record` kept in the study, in trial order."""
+    return [t for t in study.get_trials(deepcopy=False) if CHECK_OF in t.user_attrs]
 
 
 REPEAT_OF = "repeat_of"  # a re-measurement of the point of an earlier trial (guided, near the best)
@@ -131,7 +145,15 @@ def original_number(trial: FrozenTrial) -> int:
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     """The measured trials no other trial beats on every objective (Optuna's best_trials), by number."""
-    return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.number)
+    if not check_trials(study):
+        return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.number)
+    # Optuna's own front over the search's trials alone (a check must not push the trial it checks off it).
+    from optuna.study._constrained_optimization import _is_constrained_optimization
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    trials = measured_trials(study)
+    front = _get_pareto_front_trials_by_trials(trials, study.directions, _is_constrained_optimization(trials))
+    return sorted(front, key=lambda t: t.number)
 
 
 def enforced_peak_gb(attrs: dict[str, object]) -> float | None:

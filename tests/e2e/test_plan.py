@@ -135,3 +135,37 @@ def test_max_context_refuses_what_it_cannot_answer(
     assert done.exit_code == 2, done.output
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), done.stderr
+
+
+def test_plan_what_if_on_another_device_and_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 8B 32k space on 16 A100 40GB instead of 8x80 GB: the budget, ranks and nodes replaced, fits recomputed."""
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["plan", str(LONG_CONTEXT), "--device", "a100-40gb", "--ranks", "16", "--json"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    assert plan["hardware"] == {
+        "overridden": True, "device": "a100-40gb", "accelerator": "cuda", "device_memory_gb": 40.0,
+        "host_memory_gb": 1024.0, "peak_tflops": 312.0, "ranks": 16, "nodes": 2, "ranks_per_node": 8,
+        "assumption": "assumed: nodes of 8 devices, the ranks split evenly",
+    }  # fmt: skip
+    assert (plan["setup"]["ranks"], plan["setup"]["ranks_per_node"], plan["budget"]["device_gb"]) == (16, 8, 40.0)
+    fits = {row["label"]: row["fits"] for row in plan["points"]}
+    assert fits["mb1 z3 ckpt sp8"] and not fits["mb1 z1 ckpt tlog"]  # on 8x80 GB both fit
+    assert len(plan["points"]) + plan["summary"]["invalid"] == 1536
+
+
+def test_plan_header_names_the_hardware_it_assumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    quickstart = str(REPO / "search_spaces" / "quickstart-cpu.yaml")
+    own = CliRunner().invoke(app, ["plan", quickstart])
+    assert own.exit_code == 0, own.output
+    assert own.stdout.startswith("hardware from the space: cpu devices")
+    rented = CliRunner().invoke(app, ["plan", quickstart, "--device", "h200"])
+    assert rented.exit_code == 0, rented.output
+    first = rented.stdout.splitlines()[0]
+    assert first.startswith("hardware what-if (--device/--ranks): h200 (141 GB as sold, 140.4 GB of 2^30 bytes")
+    assert "budget 140.401 GB less 1.00 GB of CUDA context" in rented.stdout
+    longest = CliRunner().invoke(app, ["plan", quickstart, "--max-context", "--device", "l4", "--ranks", "4"])
+    assert longest.exit_code == 0, longest.output
+    assert longest.stdout.startswith("hardware what-if (--device/--ranks): l4 (24 GB as sold, 22.5 GB")
+    assert "4 rank(s) on 1 node(s) of 4" in longest.stdout and "in 22.4941 GB less 1.00 GB" in longest.stdout

@@ -22,7 +22,8 @@ def test_the_length_plots_draw_in_a_real_browser(tmp_path: Path) -> None:
     assert "Uncaught" not in log, log[-3000:]
     assert re.search(r'<p id="script-errors" hidden=""', dom), "a script error was recorded in the page"
     plots = re.findall(r'data-plot="([a-z]+)"', dom)
-    assert plots == ["throughput", "memory", "lengths", "lengthmemory", "timeline", "failures"]
+    assert plots == ["throughput", "lengths", "lengthmemory", "timeline", "failures"]
+    assert re.findall(r'data-empty="([a-z]+)"', dom) == ["memory"]  # no predicted memory: a sentence, no axes
     for name, chunk in zip(plots, dom.split('data-plot="')[1:], strict=True):
         assert 'class="main-svg"' in chunk, f"plot {name} was not drawn"
     lengths = dom.split('data-plot="lengths"')[1].split('data-plot="lengthmemory"')[0]
@@ -30,5 +31,7 @@ def test_the_length_plots_draw_in_a_real_browser(tmp_path: Path) -> None:
     memory = dom.split('data-plot="lengthmemory"')[1].split('data-plot="timeline"')[0]
     assert "Peak memory per device by sequence length" in memory and "budget 1 GB" in memory
     table = dom.split('id="results"')[1]
-    assert " state tp sp dp rank " in table and "best at each sequence length:" in table
+    heads = re.findall(r'<th scope="col"[^>]*>([^<]+)</th>', table)
+    assert heads[:7] == ["number", "point", "state", "tp", "sp", "dp", "rank"]
+    assert "Best at each sequence length:" in table and "sequence_length 256: trial 11 mb4 z0 tp2 s256" in table
     assert "sequence_length 256: trial 11 mb4 z0 tp2 s256" in dom.split('id="best"')[1].split("</div>")[0]

@@ -83,7 +83,7 @@ def test_real_trial_measures_every_stage(point: Point, tmp_path: Path, cpu_ops: 
     result = run(spec_for(point), tmp_path)
     assert result.ok, (result.failure_category, result.failure_reason, result.log_tail)
     f = result.figures
-    assert 2 <= f["measured_steps"] <= 6  # 2, or up to the cap of 3 x 2 when the spread was over max_cv
+    assert 2 <= f["measured_steps"] <= 15  # 2, or up to the cap of 15 while the median's interval was wide
     assert f["step_time_s"] > 0
     assert f["tokens_per_s"] == pytest.approx(GLOBAL * SEQ / f["step_time_s"])
     assert f["samples_per_s"] == pytest.approx(GLOBAL / f["step_time_s"])

@@ -42,6 +42,7 @@ GOOD: dict[str, Any] = {
 DROP = object()  # as a value: remove the key
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/n"  # nothing listens on port 1: refused at once
 STORE = ("--storage", "sqlite:///store.db")
+EXPORT = ("export", "--study", "empty", *STORE, "--output", "o.json")
 NODE = {"CPU": 1024.0, "memory": 2.0**40, "node:10.0.0.1": 1.0}  # the stand-in Ray cluster's one node
 
 
@@ -452,6 +453,7 @@ CASES: list[Case] = [
     *both("trial.warmup_steps", -1, "trial.warmup_steps", "Input should be greater than or equal to 0 (got -1)"),
     *both("trial.max_measure_steps", 1, "trial.max_measure_steps", "must be at least measure_steps (2)"),
     *both("trial.max_cv", 0, "trial.max_cv", f"{POSITIVE} (got 0)"),
+    *both("trial.step_timing", "micro", "trial.step_timing", "Input should be 'auto', 'whole' or 'composed'"),
     # the hardware
     *both("hardware.device_memory_gb", -1, "hardware.device_memory_gb", f"{POSITIVE} (got -1)"),
     *both("hardware.host_memory_gb", -1, "hardware.host_memory_gb", f"{POSITIVE} (got -1)"),
@@ -460,6 +462,23 @@ CASES: list[Case] = [
     *both("hardware.accelerator", "tpu", "hardware.accelerator", "Input should be 'auto', 'cuda' or 'cpu'"),
     *both("hardware.nodes_per_trial", 3, "hardware.nodes_per_trial", "must divide gpus_per_trial (2)"),
     *both("hardware.ray_resources", {"GPU": 1}, "hardware.ray_resources", "'GPU' is Ray's own (gpus_per_trial and"),
+    *both("hardware.price_per_device_hour", -1, "hardware.price_per_device_hour", f"{POSITIVE} (got -1)"),
+    *both("hardware.price_per_node_hour", 0, "hardware.price_per_node_hour", f"{POSITIVE} (got 0)"),
+    *both(
+        "search.objective",
+        "usd_per_million_tokens",
+        "hardware.price_per_device_hour",
+        "required for search.objective usd_per_million_tokens: the USD price of one device-hour",
+    ),
+    *script("search.objective", "usd_per_million_tokens", "search.objective", "usd_per_million_tokens needs data.seq"),
+    *[
+        flag(*EXPORT, "--tokens", tokens, key="--tokens", says="must be a positive number of tokens", store=True)
+        for tokens in ("0", "-2e12", "inf")
+    ],
+    flag("results", "--compare", "empty", "nosuch", *STORE, key="--compare", says="no study named 'nos", store=True),
+    flag("results", "--compare", "empty", *STORE, key="--compare", says="name at least two studies", store=True),
+    flag("results", "--compare", "empty", "empty", *STORE, key="--compare", says="'empty' is named twice", store=True),
+    flag("results", *STORE, key="--study", says="required: the study to list", store=True),
     *both("hardware.ray_resources", {"object_store_memory": 1}, "hardware.ray_resources", "only custom resource"),
     search("hardware.ray_resources", {"h100": 1}, "hardware.ray_resources", "no node has h100=1 (ray start --res"),
     search("hardware.nodes_per_trial", 2, "hardware.nodes_per_trial", "a trial needs 2 nodes with CPU=1 each;"),
@@ -535,6 +554,11 @@ CASES: list[Case] = [
         files={"log": b""},
     ),
     flag("plan", "space.yaml", "--accelerator", "tpu", key="--accelerator", says="cuda or cpu is allowed"),
+    flag("plan", "space.yaml", "--device", "b200", key="--device", says="allowed: a100-40gb, a100-80gb, h100-80gb"),
+    flag("plan", "space.yaml", "--ranks", "0", key="--ranks", says="must be a positive whole number of ranks"),
+    flag("plan", "space.yaml", "--ranks", "two", key="--ranks", says="must be a positive whole number of ranks"),
+    flag("plan", "space.yaml", "--ranks", "17", key="--ranks", says="17 ranks do not split evenly over 3 nodes"),
+    flag("plan", "space.yaml", "--device", "h200", "--accelerator", "cpu", key="--accelerator", says="is a GPU"),
     flag("results", "--study", "x", "--storage", "nosuch://x", key="--storage", says="cannot open storage nosuch"),
     flag("export", "--study", "x", "--output", "o.json", "--storage", UNREACHABLE, key="--storage", says="cannot open"),
     flag("export", "--study", "x", *STORE, "--output", "o.json", key="--study", says="no study named 'x'", store=True),
@@ -585,6 +609,51 @@ CASES: list[Case] = [
 ]
 
 
+def _check_files(config: dict[str, Any] | None = None, **prov: Any) -> dict[str, bytes]:
+    """An export of GOOD's point mb2 z0 for `tuner check`: c.json and its provenance (with `prov` changed)."""
+    from tuner.dsconfig import build_ds_config
+    from tuner.points import Point
+    from tuner.space import parse_space
+
+    point = Point(2, 0)
+    built = build_ds_config({}, point, global_batch=8, ranks=2, precision="fp32", accelerator="cpu")
+    record = {
+        "study": "bad-input", "storage": "sqlite:///store.db", "trial": 0, "point": point.params(),
+        "figures": {"tokens_per_s": 100.0, "peak_mem_gb": 1.0}, "measured_ranks": 2, "world_size": 2,
+        "space": parse_space(copy.deepcopy(GOOD), "bad-input").model_dump(mode="json"), **prov,
+    }  # fmt: skip
+    return {"c.json": json.dumps(config or built).encode(), "c.provenance.json": json.dumps(record).encode()}
+
+
+CHECK = _check_files()
+CASES += [
+    flag("check", "c.json", key="DS_CONFIG", says="no such file: c.json"),
+    flag("check", "c.json", key="--provenance", says="no provenance file", files={"c.json": CHECK["c.json"]}),
+    flag("check", "c.json", key="--provenance", says="'figures' is missing", files=_check_files(figures=None)),
+    flag("check", "c.json", key="--provenance", says="no peak_mem_gb", files=_check_files(figures={"tokens_per_s": 1})),
+    flag("check", "c.json", "--max-slowdown", "2", key="--max-slowdown", says="from 0 to below 1", files=CHECK),
+    flag("check", "c.json", "--max-memory-growth", "-1", key="--max-memory-growth", says="at least 0", files=CHECK),
+    flag("check", "c.json", "--device-memory-gb", "0", key="--device-memory-gb", says="more than 0", files=CHECK),
+    flag("check", "c.json", "--format", "yaml", key="--format", says="text, json", files=CHECK),
+    flag(
+        "check",
+        "c.json",
+        key="train_micro_batch_size_per_gpu",
+        says="the committed config has 1",
+        files=_check_files({**json.loads(CHECK["c.json"]), "train_micro_batch_size_per_gpu": 1}),
+    ),
+    flag("check", "c.json", "--record", key="--provenance", says="no study named 'bad-input'", files=CHECK, store=True),
+    flag(
+        "check",
+        "c.json",
+        "--record",
+        key="--storage",
+        says="password masked",
+        files=_check_files(storage="postgresql://u:***@db/t"),
+    ),
+]
+
+
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.chdir(tmp_path)
@@ -597,6 +666,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setattr("ray.nodes", lambda: [{"Alive": True, "Resources": NODE}])
     monkeypatch.setattr("ray.cluster_resources", lambda: NODE)
     monkeypatch.setattr("tuner.search.prebuild_everywhere", not_for_bad_input)  # a case that slips through
+    monkeypatch.setattr("tuner.check_cmd.run_check", not_for_bad_input)
     return CliRunner()
 
 

@@ -21,7 +21,9 @@ LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_
          "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256}  # fmt: skip
 
 
-def study_of(point: Point, ranks: int = 4, lengths: list[int] | None = None) -> optuna.Study:
+def study_of(
+    point: Point, ranks: int = 4, lengths: list[int] | None = None, attrs: dict[str, Any] | None = None
+) -> optuna.Study:
     """A study as `tuner search` records one, with `point` measured on `ranks` CPU ranks at global batch 16."""
     study = optuna.create_study(study_name="parallel", direction="maximize")
     space: dict[str, Any] = {
@@ -40,7 +42,10 @@ def study_of(point: Point, ranks: int = 4, lengths: list[int] | None = None) -> 
         create_trial(
             state=TrialState.COMPLETE, value=1000.0, params=params,
             distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
-            user_attrs={"point": point.label(), "tokens_per_s": 1000.0, "peak_mem_gb": 0.5, "ds_config": config},
+            user_attrs={
+                "point": point.label(), "tokens_per_s": 1000.0, "peak_mem_gb": 0.5, "ds_config": config,
+                **(attrs or {}),
+            },
         )
     )  # fmt: skip
     return study
@@ -52,6 +57,13 @@ def exported(tmp_path: Path, study: optuna.Study, **kwargs: Any) -> tuple[dict[s
     return json.loads(done.config_path.read_text()), prov, done.notes
 
 
+def test_the_provenance_says_how_the_step_times_were_taken(tmp_path: Path) -> None:
+    attrs = {"step_timing": "composed", "step_time_ci": 0.03, "step_time_s": 2.0}
+    _, prov, _ = exported(tmp_path, study_of(Point(2, 1), attrs=attrs))
+    assert prov["measured_with"]["step_timing"] == "composed"
+    assert prov["figures"]["step_time_ci"] == 0.03
+
+
 def test_a_tensor_parallel_winner_exports_its_section_layout_and_what_the_script_must_feed(tmp_path: Path) -> None:
     point = Point(2, 1, tensor_parallel_size=2, sequence_length=128, tiled_mlp=True)
     config, prov, notes = exported(tmp_path, study_of(point, lengths=[64, 128]), world_size=8)
@@ -61,6 +73,7 @@ def test_a_tensor_parallel_winner_exports_its_section_layout_and_what_the_script
     assert prov["measured_with"] == {
         "ranks": 4, "accelerator": "cpu", "sequence_length": 128, "tensor_parallel_size": 2,
         "sequence_parallel_size": 1, "data_parallel_size": 2, "zero_partition_ranks": 2, "deepspeed_world": 4,
+        "step_timing": "whole",  # a trial recorded without step_timing timed whole steps
     }  # fmt: skip
     assert prov["parallelism"] == {
         "tensor_parallel_size": 2, "sequence_parallel_size": 1, "data_parallel_size": 4, "zero_partition_ranks": 4,

@@ -58,7 +58,7 @@ def test_ops_prebuilt_for_another_accelerator_count_as_not_built(
 
 
 def _lock(root: Path, name: str) -> Path:
-    lock = root / "py311_cu130" / name / "lock"
+    lock = root / name / "lock"  # a TORCH_EXTENSIONS_DIR holds the ops' folders themselves
     lock.parent.mkdir(parents=True)
     lock.touch()
     return lock

@@ -3,6 +3,7 @@ from fake trials (no trial runs): the per-length plots, the tp/sp/dp columns and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import optuna
@@ -113,4 +114,5 @@ def test_the_report_holds_the_length_plots_and_the_best_per_length() -> None:
     page = render_report(lengths_study(), "sqlite:///x.db")
     assert 'data-plot="lengths"' in page and 'data-plot="lengthmemory"' in page
     assert "id='best-per-length'" in page and "sequence_length 256: trial 11 mb4 z0 tp2 s256" in page
-    assert " state tp sp dp rank " in page
+    heads = re.findall(r'<th scope="col"[^>]*>([^<]+)</th>', page)
+    assert heads[:7] == ["number", "point", "state", "tp", "sp", "dp", "rank"]

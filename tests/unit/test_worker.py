@@ -32,11 +32,11 @@ def test_early_stop_needs_two_steps_all_over_the_limit() -> None:
     assert not clearly_slower([1.0, 1.0], 1.0)  # at the limit is not over it
 
 
-def test_steady_state_waits_for_the_target_then_the_spread_or_the_cap() -> None:
-    assert not steady_state_done([1.0, 1.0], target=3, cap=6, max_cv=0.05)
-    assert steady_state_done([1.0, 1.0, 1.0], target=3, cap=6, max_cv=0.05)
-    assert not steady_state_done([1.0, 2.0, 1.0], target=3, cap=6, max_cv=0.05)
-    assert steady_state_done([1.0, 2.0] * 3, target=3, cap=6, max_cv=0.05)
+def test_steady_state_waits_for_the_minimum_then_the_interval_or_the_cap() -> None:
+    assert not steady_state_done([1.0, 1.0], minimum=3, cap=6, max_cv=0.05)
+    assert steady_state_done([1.0, 1.0, 1.0], minimum=3, cap=6, max_cv=0.05)
+    assert not steady_state_done([1.0, 2.0, 1.0], minimum=3, cap=6, max_cv=0.05)
+    assert steady_state_done([1.0, 2.0] * 3, minimum=3, cap=6, max_cv=0.05)
 
 
 class FakeEngine:
@@ -80,9 +80,11 @@ def test_a_timed_step_reads_nothing_back_to_the_host_inside_the_clock(monkeypatc
 
 
 def test_the_worker_builds_its_batches_before_timing_and_reduces_only_on_its_device() -> None:
-    """Source check of tuner/trial/worker.py: no batch is made inside the timed loop, every collective goes
-    through reduce_on_device (a tensor on the rank's device), and no tensor for a collective is made there."""
-    tree = ast.parse((REPO / "tuner" / "trial" / "worker.py").read_text())
+    """Source check of tuner/trial/worker.py and its timing loop (timing.py): no batch is made inside the timed
+    loop, every collective goes through reduce_on_device (a tensor on the rank's device), and no tensor for a
+    collective is made there."""
+    sources = [(REPO / "tuner" / "trial" / name).read_text() for name in ("worker.py", "timing.py")]
+    tree = ast.Module(body=[node for text in sources for node in ast.parse(text).body], type_ignores=[])
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
     names = [getattr(c.func, "attr", getattr(c.func, "id", "")) for c in calls]
     assert "all_reduce" not in names and "tensor" not in names  # only the helper makes collective tensors

@@ -273,7 +273,10 @@ def _outcome(spec: TrialSpec, trial_dir: Path, run: NodeRun, *, ranks: int, time
     if run.returncode == 0 and result_path.is_file():
         raw = json.loads(result_path.read_text())
         figures = figures_from_worker(raw, spec, run.duration_s)
-        return TrialResult(figures, None, None, str(log_path), "", run.duration_s)
+        return TrialResult(
+            figures, None, None, str(log_path), "", run.duration_s,
+            device_name=raw.get("device_name"), step_timing=raw.get("step_timing", "whole"),
+        )  # fmt: skip
     found = _rank_failure(trial_dir)
     log_text = "\n".join(p.read_text(errors="replace") for p in node_logs(trial_dir) if p.is_file())
     if found is not None and found[0] != failures.OOM and _killed_silently(trial_dir, ranks, log_text):

@@ -12,24 +12,91 @@ Kept apart from the worker's flow so that each rule runs in the unit tests on CP
   set_per_process_memory_fraction` limits (reserved memory, as a fraction of the card). The CUDA context
   and NCCL's buffers live outside the allocator, so the cap is the budget less what was already outside it
   once the process group had run a collective.
+- Measuring stops once the median step time is known well enough: the 95% confidence interval of the median,
+  relative to it, within `max_cv` (`median_ci`), not after a fixed count; warm-up ends once steps stop falling
+  (`warmup_prefix`), not after a fixed count either.
+- A composed step (`composed_sample`, `composed_time`) runs the step's first micro-step, a few middle ones and
+  the boundary one (gradient reduction under ZeRO 0/1, optimizer step), the boundary set by hand, and counts
+  the middle ones `grad_accum - 2` times: at 128 micro-steps per step, 5 micro-steps measure it.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tuner.result import spread
-
 EARLY_STOP_MIN_STEPS = 2  # one timed step can be an outlier; two that are both over the limit are not
+WHOLE, COMPOSED, AUTO = "whole", "composed", "auto"
+STEP_TIMINGS = (AUTO, WHOLE, COMPOSED)
+COMPOSED_FROM_ACCUM = 16  # auto: composed from here (5 of 16 micro-steps per sample), whole below
+MIDDLE_MICRO_STEPS = 3  # middle micro-steps timed per composed sample: their median stands for all the others
+# Student's t, two-sided 95%, by degrees of freedom 1..30 (1.96 beyond): small samples get wide intervals
+_T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_MEDIAN_SE = math.sqrt(math.pi / 2)  # the median's standard error over the mean's, for normal noise
 
 
-def steady_state_done(times: list[float], target: int, cap: int, max_cv: float) -> bool:
-    """Stop measuring once `target` steps are in and their spread is within `max_cv`, or at `cap` steps."""
-    if len(times) < target:
+def median_ci(times: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the median step time, relative to the median.
+
+    The standard error of a sample median is sqrt(pi/2) x s / sqrt(n) for normal noise; Student's t covers small n.
+    The sample standard deviation (not a robust one) keeps an outlier widening the interval: more steps, not fewer.
+    Infinite below two steps: one step says nothing about its spread.
+    """
+    n = len(times)
+    if n < 2:
+        return math.inf
+    t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
+    return t * _MEDIAN_SE * statistics.stdev(times) / math.sqrt(n) / statistics.median(times)
+
+
+def steady_state_done(times: list[float], minimum: int, cap: int, max_cv: float) -> bool:
+    """Stop measuring once `minimum` steps are in and the median's 95% interval is within `max_cv`, or at `cap`."""
+    if len(times) < minimum:
         return False
-    return len(times) >= cap or spread(times) <= max_cv
+    return len(times) >= cap or median_ci(times) <= max_cv
+
+
+def warmup_prefix(times: Sequence[float], max_cv: float) -> int:
+    """How many leading timed steps were still warming up: each slower, by more than `max_cv`, than every step after.
+
+    Needs two later steps to judge one: a single later step could be the fast outlier.
+    """
+    n = 0
+    while len(times) - n > 2 and times[n] > (1 + max_cv) * max(times[n + 1 :]):
+        n += 1
+    return n
+
+
+def step_timing_for(choice: str, accum: int) -> str:
+    """`trial.step_timing` resolved for a trial of `accum` micro-steps per step: whole or composed."""
+    assert choice in STEP_TIMINGS, choice
+    if choice == AUTO:
+        return COMPOSED if accum >= COMPOSED_FROM_ACCUM else WHOLE
+    return choice
+
+
+def composed_plan(accum: int, middles: int = MIDDLE_MICRO_STEPS) -> int:
+    """Micro-steps one composed sample runs: all of them when that is no more than first + `middles` + boundary."""
+    return min(accum, middles + 2)
+
+
+def composed_time(micro: Sequence[float], accum: int) -> float:
+    """A full step's time from one composed sample's micro-step times (first, middles..., boundary, in order).
+
+    The first micro-step after a boundary differs (ZeRO copies its gradients where later ones accumulate) and
+    the boundary one carries the reduction (ZeRO 0/1) and the optimizer step: each counts once, and the median
+    middle one counts `accum - 2` times. A sample of every micro-step is the step itself.
+    """
+    if len(micro) == accum:
+        return float(sum(micro))
+    assert 3 <= len(micro) < accum, f"{len(micro)} micro-steps cannot compose a step of {accum}"
+    return micro[0] + (accum - 2) * statistics.median(micro[1:-1]) + micro[-1]
 
 
 def clearly_slower(times: list[float], limit_s: float | None, min_steps: int = EARLY_STOP_MIN_STEPS) -> bool:
@@ -70,6 +137,32 @@ def timed_step(engine: Any, batches: Sequence[dict[str, Any]], synchronize: Call
     synchronize()
     elapsed = time.perf_counter() - start
     return elapsed, total / len(batches)
+
+
+def composed_sample(
+    engine: Any, batches: Sequence[dict[str, Any]], synchronize: Callable[[], None], middles: int = MIDDLE_MICRO_STEPS
+) -> tuple[list[float], Any]:
+    """One composed sample: each micro-step timed alone, the last one a boundary; the times and the mean loss.
+
+    DeepSpeed's own count would put the boundary `grad_accum` micro-steps on, so the sample sets it by hand
+    (`set_gradient_accumulation_boundary`, before every forward): the reduction and the optimizer step run
+    after `composed_plan` micro-steps, as at the end of a full step.
+    """
+    count = composed_plan(len(batches), middles)
+    times: list[float] = []
+    total: Any = None
+    for i in range(count):
+        batch = batches[i] if i < count - 1 else batches[-1]
+        engine.set_gradient_accumulation_boundary(i == count - 1)
+        synchronize()
+        start = time.perf_counter()
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        synchronize()
+        times.append(time.perf_counter() - start)
+        total = loss.detach() if total is None else total + loss.detach()
+    return times, total / count
 
 
 def allocator_fraction(budget_bytes: float, total_bytes: float, outside_bytes: float) -> float | None:

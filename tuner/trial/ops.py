@@ -3,7 +3,8 @@
 DeepSpeed compiles an op (`OpBuilder.load()`, deepspeed/ops/op_builder/builder.py) the first time a process
 needs it, unless it was prebuilt at install time for the same accelerator (`installed_ops` and
 `accelerator_name` in deepspeed/git_version_info_installed.py). Compiling inside a trial would eat its
-timeout and its fixed-cost figure, so `tuner search` builds every op its trials will load first.
+timeout and its fixed-cost figure, so `tuner search` builds every op its trials will load first, in this
+installation's op folder (tuner.trial.extensions), where the ranks load them.
 
 torch's JIT build holds a lock file (torch/utils/file_baton.py: created with O_EXCL, its descriptor kept
 open until the build ends) while it compiles; a process killed mid-build leaves the file behind, and every
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tuner.trial import failures
 from tuner.trial.env import worker_env
+from tuner.trial.extensions import extensions_dir, op_folders
 
 STALE_LOCK_S = 900.0  # compiling cpu_adam takes about 2 minutes on 2 busy cores; a lock this old is orphaned
 PREBUILD_TIMEOUT_S = 1800.0
@@ -37,10 +39,6 @@ BUILDERS = {  # op name (the builder's NAME) -> builder class in deepspeed.ops.o
     "quantizer": "QuantizerBuilder",
     "deepspeed_shm_comm": "ShareMemCommBuilder",
 }
-
-
-def _extensions_root() -> Path:
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
 
 
 def _deepspeed_dir() -> Path | None:
@@ -67,16 +65,15 @@ def prebuilt_ops(accelerator: str) -> set[str]:
     return {name for name, built in installed.items() if built}
 
 
-def _op_cached(name: str) -> bool:
-    """Whether torch's JIT cache holds op `name` built from this DeepSpeed installation's sources."""
+def _op_cached(name: str, accelerator: str) -> bool:
+    """Whether this installation's op folder (tuner.trial.extensions) holds op `name` built from this DeepSpeed
+    installation's sources: a file check of milliseconds, where asking DeepSpeed's builder imports it (seconds)."""
     folder = _deepspeed_dir()
     if folder is None:
         return False
-    for build in _extensions_root().glob(f"*/{name}"):
-        ninja = build / "build.ninja"
-        if (build / f"{name}.so").is_file() and ninja.is_file() and str(folder) in ninja.read_text(errors="replace"):
-            return True
-    return False
+    build = extensions_dir(accelerator) / name
+    ninja = build / "build.ninja"
+    return (build / f"{name}.so").is_file() and ninja.is_file() and str(folder) in ninja.read_text(errors="replace")
 
 
 def _open_files() -> set[str] | None:
@@ -101,7 +98,8 @@ def _open_files() -> set[str] | None:
 
 def clear_orphaned_locks(names: Iterable[str], now: float | None = None) -> list[Path]:
     """Remove the build locks of ops `names` that no live process holds; returns the ones removed."""
-    locks = [lock for name in names for lock in _extensions_root().glob(f"*/{name}/lock")]
+    locks = [folder / "lock" for name in names for folder in op_folders(name)]
+    locks = [lock for lock in locks if lock.exists()]
     if not locks:
         return []
     held = _open_files()
@@ -124,7 +122,7 @@ def clear_orphaned_locks(names: Iterable[str], now: float | None = None) -> list
 def ops_to_build(accelerator: str, ops: Iterable[str]) -> list[str]:
     """The ops of `ops` that neither the installation prebuilt nor torch's cache holds for these sources."""
     prebuilt = prebuilt_ops(accelerator)
-    return sorted(name for name in set(ops) if name not in prebuilt and not _op_cached(name))
+    return sorted(name for name in set(ops) if name not in prebuilt and not _op_cached(name, accelerator))
 
 
 def prebuild_ops(accelerator: str, ops: Iterable[str], log_path: Path) -> str | None:

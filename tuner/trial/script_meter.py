@@ -6,8 +6,9 @@ shim (tuner.trial.script_shim) replaces `deepspeed.initialize` before the script
 timed from one gradient-accumulation boundary to the next (`engine.step()` at a boundary, the device
 synchronised): what the script's own step costs, its data loading included. The first `warmup_steps` (at
 least one: the first step has no start) are not timed; then the worker's rules: `measure_steps`, more while
-the spread is over `max_cv`, early stopping, the slowest rank. After the measured steps every rank writes its
-share of the result and exits, whatever the script's own step count.
+the median's 95% interval is wider than `max_cv`, early stopping, the slowest rank. After the measured steps
+every rank writes its share of the result and exits, whatever the script's own step count. Always whole steps:
+the script owns its loop and DeepSpeed's boundary, so a step cannot be composed from a few micro-steps here.
 """
 
 from __future__ import annotations
@@ -156,7 +157,10 @@ class ScriptMeter:
         loss = float(self.loss) if self.loss is not None else float("nan")
         facts = model_facts(self.engine.module)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        end = Ending(self.out_dir, self.device, self.on_gpu, local_rank, self.card, self.marks, self.clock, facts)
+        timing = {"step_timing": "whole", "warmup_steps": max(1, self.spec.warmup_steps)}  # the script owns its loop
+        end = Ending(
+            self.out_dir, self.device, self.on_gpu, local_rank, self.card, self.marks, self.clock, facts, timing
+        )
         end_trial(end, self.times, stopped_early, loss)
         # Nothing of the script runs after this (no finally: a checkpoint save would be the script's, not ours).
         sys.stdout.flush()

@@ -35,6 +35,7 @@ class TrialSpec:
     measure_steps: int = 5
     max_measure_steps: int | None = None
     max_cv: float = 1.0
+    step_timing: str = "auto"  # whole | composed | auto (tuner.trial.measure.step_timing_for)
     device_memory_gb: float | None = None
     peak_tflops: float | None = None
     stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step
@@ -44,6 +45,7 @@ class TrialSpec:
     world_size: int = 1
     data: dict[str, Any] = field(default_factory=dict)  # the space's data section less sequence_length; {}: synthetic
     model_options: dict[str, Any] = field(default_factory=dict)  # attn_implementation, peft (ModelSection.options)
+    usd_per_hour: float | None = None  # the trial's devices and nodes, priced (tuner.cost); None: not priced
 
     @classmethod
     def build(
@@ -71,6 +73,7 @@ class TrialSpec:
             measure_steps=space.trial.measure_steps,
             max_measure_steps=space.trial.measure_cap,
             max_cv=space.trial.max_cv,
+            step_timing=space.trial.step_timing,
             device_memory_gb=space.hardware.device_memory_gb,
             peak_tflops=space.hardware.peak_tflops,
             stop_over_step_s=stop_over_step_s,
@@ -80,6 +83,7 @@ class TrialSpec:
             world_size=ranks,
             data=space.data.model_dump(exclude={"sequence_length"}),
             model_options=space.model.options() if space.model else {},
+            usd_per_hour=space.hardware.usd_per_hour,
         )
 
     def replace(self, **changes: Any) -> TrialSpec:

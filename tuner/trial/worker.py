@@ -1,4 +1,4 @@
-"""One rank of a trial: build the model, `deepspeed.initialize`, warm up, time whole optimizer steps.
+"""One rank of a trial: build the model, `deepspeed.initialize`, warm up, time optimizer steps (tuner.trial.timing).
 
 Started by the launcher under torchrun as `python -m tuner.trial.worker SPEC.json`. Every rank times
 its own steps with the device synchronised; the figures are reduced with MAX over ranks (the slowest
@@ -16,21 +16,16 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.result import GB
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
-from tuner.trial.measure import (
-    allocator_fraction,
-    clearly_slower,
-    reduce_on_device,
-    steady_state_done,
-    timed_step,
-)
+from tuner.trial.measure import allocator_fraction, reduce_on_device
 from tuner.trial.spec import TrialSpec
+from tuner.trial.timing import measure
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -153,24 +148,10 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     # the device before any timing and reused by every step: no host copy falls inside the clock.
     batches = data.step_batches(spec, rank, world, vocab, device)
     phase[0] = "train"
-    for _ in range(spec.warmup_steps):
-        timed_step(engine, batches, accel.synchronize)
-    clock["warmed_up"] = time.time()
-    times: list[float] = []
-    loss = None
-    target = spec.measure_steps
-    cap = max(target, spec.max_measure_steps or target)
-    stopped_early = False
-    while not steady_state_done(times, target, cap, spec.max_cv):
-        elapsed, loss = timed_step(engine, batches, accel.synchronize)
-        # The slowest rank sets the pace; every rank gets the same list, so all decide alike when to stop.
-        times.append(reduce_on_device([elapsed], "max", device)[0])
-        if clearly_slower(times, spec.stop_over_step_s):
-            stopped_early = True
-            break
-    loss_value = float(loss) if loss is not None else float("nan")
-
-    end_trial(Ending(out_dir, device, on_gpu, local_rank, card, marks, clock, facts), times, stopped_early, loss_value)
+    timing = measure(engine, batches, spec, accel.synchronize, device)
+    clock["warmed_up"] = timing.warmed_up
+    ending = Ending(out_dir, device, on_gpu, local_rank, card, marks, clock, facts, timing.summary())
+    end_trial(ending, timing.times, timing.stopped_early, timing.loss)
 
 
 @dataclass(frozen=True)
@@ -185,6 +166,7 @@ class Ending:
     marks: dict[str, float]
     clock: dict[str, float]
     facts: dict[str, int]
+    timing: dict[str, Any] = field(default_factory=lambda: {"step_timing": "whole"})  # how the steps were timed
 
 
 def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: float) -> None:
@@ -230,6 +212,7 @@ def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: 
                 "threads_per_rank": torch.get_num_threads(),
                 "final_loss": final_loss,
                 **end.facts,
+                **end.timing,
                 "clock": end.clock,
             },
         )

@@ -1,0 +1,78 @@
+"""The Tune trainable: one trial on Ray's worker, in a module that imports only what running a trial needs.
+
+Tune pickles the trainable by reference, so the worker that runs each trial imports the module that defines
+it. `tuner.search` pulls in Optuna, SQLAlchemy, the samplers and the memory model: 2-4 s more on the way to
+the first trial's launch on a busy 2-core machine (benchmarks/results/2026-12-01-startup-cpu.md); here only
+the launch, the space's schema and Ray are imported.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.points import Point
+from tuner.space import Space
+from tuner.trial.launch import run_trial
+from tuner.trial.nodes import node_name, run_spanning_trial, ship_to_head
+from tuner.trial.spec import TrialSpec
+
+RESULT_KEY = "tuner_result"  # the report's key holding the TrialResult (tuner.searcher reads it)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one search shares; sent to Ray's workers once."""
+
+    space: Space
+    accelerator: str
+    run_dir: Path
+    bundles: tuple[dict[str, float], ...]  # the trial's placement group, one bundle per node
+    head_node: str  # Ray's id of the node `tuner search` runs on: every trial's files end up there
+    head_host: str
+
+
+def trial_spec(
+    space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
+) -> TrialSpec:
+    """What each rank's worker reads; `stop_over_step_s` is the early-stopping limit, if any."""
+    return TrialSpec.build(space, point, ds_config, stop_over_step_s)
+
+
+def run_tune_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """One Tune trial: run the DeepSpeed trial and report its TrialResult (never raises for its faults).
+
+    A trainable on another node than the search's runs in a scratch folder and ships it to the run folder.
+    """
+    import ray
+    from ray import tune
+
+    space = context.space
+    point = Point.from_params(config["point"])
+    spec = trial_spec(space, point, config["ds_config"], config.get("stop_over_step_s"))
+    name = f"trial_{config['trial_number']:04d}"
+    on_head = ray.get_runtime_context().get_node_id() == context.head_node
+    scratch = None if on_head else Path(tempfile.mkdtemp(prefix="tuner-trial-"))
+    folder = (scratch or context.run_dir) / name
+    try:
+        if len(context.bundles) > 1:
+            result = run_spanning_trial(
+                spec, folder, bundles=list(context.bundles), ranks_per_node=space.hardware.ranks_per_node,
+                accelerator=context.accelerator, timeout_s=space.trial.timeout_s,
+            )  # fmt: skip
+        else:
+            cpus = int(context.bundles[0]["CPU"])
+            result = run_trial(
+                spec, folder, ranks=space.hardware.gpus_per_trial, accelerator=context.accelerator,
+                timeout_s=space.trial.timeout_s, cpus=cpus,
+            ).placed([node_name()])  # fmt: skip
+        on_disk = folder if scratch is None else Path(ship_to_head(folder, context.head_node, context.run_dir / name))
+        result = result.moved(str(on_disk / "trial.log"), context.head_host)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report: dict[str, Any] = {RESULT_KEY: result.to_json(), **result.figures}
+    tune.report(report)
