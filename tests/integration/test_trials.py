@@ -64,6 +64,11 @@ def processes_of(trial_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def is_rank(cmdline: list[str]) -> bool:
+    """A rank, not its launcher: torchrun, or the leader of ranks forked by the warm server (tuner.trial.warm)."""
+    return not any("torch.distributed.run" in part or "warm_leader" in part for part in cmdline)
+
+
 @pytest.mark.parametrize(
     "point",
     [
@@ -240,7 +245,7 @@ def test_a_rank_killed_mid_trial_is_a_crash(tmp_path: Path, cpu_ops: None) -> No
     ranks: list[psutil.Process] = []
     try:
         while len(ranks) < RANKS and time.monotonic() < deadline:
-            ranks = [p for p in processes_of(tmp_path / "trial") if "torch.distributed.run" not in p.cmdline()]
+            ranks = [p for p in processes_of(tmp_path / "trial") if is_rank(p.cmdline())]
             time.sleep(0.5)
         assert len(ranks) == RANKS, "the ranks never started"
         time.sleep(3)

@@ -22,7 +22,7 @@ from tuner.dsconfig import jit_ops
 from tuner.knobs import unsupported_on
 from tuner.points import Point
 from tuner.result import TrialResult, figures_from_worker
-from tuner.trial import failures
+from tuner.trial import failures, warm
 from tuner.trial.env import worker_env
 from tuner.trial.ops import clear_orphaned_locks
 from tuner.trial.spec import TrialSpec
@@ -99,7 +99,7 @@ def wait_gone(pgid: int, timeout_s: float, members: Callable[[int], list[int]] =
     return True
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> int:
+def kill_group(pgid: int) -> int:
     """SIGTERM the trial's process group, SIGKILL whatever is left, and wait until none of it runs.
 
     A GPU's memory is freed only when the processes holding it are gone, and the next trial on the same GPUs
@@ -108,14 +108,20 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> int:
     """
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, KILL_WAIT_S)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        if wait_gone(proc.pid, grace):
+        if wait_gone(pgid, grace):
             break
+    return len(group_members(pgid))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> int:
+    """kill_group of torchrun's group, then torchrun reaped."""
+    left = kill_group(proc.pid)
     if proc.poll() is None:
         proc.wait()
-    return len(group_members(proc.pid))
+    return left
 
 
 def tail_of(path: Path, lines: int = 40) -> str:
@@ -185,6 +191,13 @@ def run_node(
         (work_dir / "output").mkdir(exist_ok=True)
         env.update(spec.script_env)
         module, cwd = "tuner.trial.script_shim", Path(spec.script).parent
+    if warm.enabled(spec, rendezvous is not None):
+        forked = warm.fork_ranks(
+            spec, spec_path, ranks=ranks, env=env, cwd=cwd, log_path=work_dir / log_name,
+            ops=jit_ops(spec.ds_config, accelerator),
+        )  # fmt: skip
+        if forked is not None:
+            return _wait_forked(forked, work_dir / log_name, timeout_s, start)
     with (work_dir / log_name).open("wb") as log:
         try:
             proc = subprocess.Popen(
@@ -209,6 +222,17 @@ def run_node(
         if left:
             log.write(f"tuner: {left} process(es) of this trial still alive {KILL_WAIT_S:g} s after SIGKILL\n".encode())
     return NodeRun(proc.returncode, timed_out, time.monotonic() - start)
+
+
+def _wait_forked(forked: warm.Forked, log_path: Path, timeout_s: float, start: float) -> NodeRun:
+    """Wait for ranks the warm server forked, as for torchrun's: the same timeout, the whole group killed."""
+    returncode = forked.wait(timeout_s - (time.monotonic() - start))
+    forked.conn.close()
+    left = kill_group(forked.pgid)
+    if left:
+        with log_path.open("ab") as log:
+            log.write(f"tuner: {left} process(es) of this trial still alive {KILL_WAIT_S:g} s after SIGKILL\n".encode())
+    return NodeRun(returncode, returncode is None, time.monotonic() - start)
 
 
 def node_logs(trial_dir: Path) -> list[Path]:
