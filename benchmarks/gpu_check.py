@@ -129,8 +129,8 @@ def trial_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = (
         "number", "state", "point", "tokens_per_s", "mfu", "step_time_s", "fixed_overhead_s", "startup_s",
         "build_s", "initialize_s", "warmup_s", "trial_duration_s", "predicted_mem_gb", "peak_mem_gb",
-        "peak_reserved_gb", "device_overhead_gb", "device_total_gb", "host_mem_gb", "threads_per_rank",
-        "failure_category", "failure_reason",
+        "peak_reserved_gb", "device_overhead_gb", "device_total_gb", "host_mem_gb", "threads_per_rank", "rank_start",
+        "step_timing", "failure_category", "failure_reason",
     )  # fmt: skip
     return [{k: t.get(k) for k in keys} for t in trials]
 

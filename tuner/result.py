@@ -36,6 +36,7 @@ class TrialResult:
     spec: TrialSpec | None = None  # what the trial ran
     device_name: str | None = None  # as torch names the device ("cpu" without a GPU): compared across studies
     step_timing: str | None = None  # how its step times were taken: whole or composed (tuner.trial.timing)
+    rank_start: str | None = None  # fork (from the warm server, tuner.trial.warm) or torchrun: the fixed cost differs
 
     def __post_init__(self) -> None:
         assert (self.failure_category is None) == bool(self.figures), "either figures or a failure"
@@ -58,6 +59,8 @@ class TrialResult:
             attrs["device_name"] = self.device_name
         if self.step_timing:
             attrs["step_timing"] = self.step_timing
+        if self.rank_start:
+            attrs["rank_start"] = self.rank_start
         if self.spec is not None:
             attrs["data_source"] = self.spec.data.get("source", "synthetic")
         if not self.ok:

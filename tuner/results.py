@@ -38,6 +38,7 @@ FIGURES = (
 )  # fmt: skip
 TEXT = (
     "failure_category", "failure_reason", "prune_reason", "memory_calibration", "log_path", "log_host", "device_name",
+    "step_timing", "rank_start",
 )  # fmt: skip
 
 

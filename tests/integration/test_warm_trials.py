@@ -45,6 +45,8 @@ def test_a_small_trial_after_a_large_one_reports_the_peak_of_a_fresh_rank(
     assert large.figures["peak_mem_gb"] > 1.2 * fresh.figures["peak_mem_gb"]  # the large one is large
     assert after.figures["peak_mem_gb"] == pytest.approx(fresh.figures["peak_mem_gb"], rel=0.05)
     assert after.figures["threads_per_rank"] == fresh.figures["threads_per_rank"]
+    assert (fresh.rank_start, after.rank_start) == ("torchrun", "fork")  # each records how its ranks started
+    assert after.user_attrs()["rank_start"] == "fork"
 
 
 @pytest.mark.parametrize(

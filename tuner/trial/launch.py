@@ -276,6 +276,7 @@ def _outcome(spec: TrialSpec, trial_dir: Path, run: NodeRun, *, ranks: int, time
         return TrialResult(
             figures, None, None, str(log_path), "", run.duration_s,
             device_name=raw.get("device_name"), step_timing=raw.get("step_timing", "whole"),
+            rank_start=raw.get("rank_start"),
         )  # fmt: skip
     found = _rank_failure(trial_dir)
     log_text = "\n".join(p.read_text(errors="replace") for p in node_logs(trial_dir) if p.is_file())

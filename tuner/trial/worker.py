@@ -218,6 +218,8 @@ def end_trial(end: Ending, times: list[float], stopped_early: bool, loss_value: 
                 "device_overhead_bytes": overhead,
                 "device_total_bytes": card_total,
                 "threads_per_rank": torch.get_num_threads(),
+                # forked from the warm server (tuner.trial.warm_leader sets it) or started by torchrun
+                "rank_start": "fork" if os.environ.get("TUNER_WARM_RANK") == "1" else "torchrun",
                 "final_loss": final_loss,
                 **({} if end.first_loss is None else {"first_loss": first_loss}),
                 **end.facts,
