@@ -35,6 +35,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -600,6 +601,21 @@ def report(data: dict[str, Any]) -> str:
                 f"(exit {run['exit_code']}, {run['wall_s']:.0f} s)"
             )
         lines.append("")
+    rounds = data.get("remeasure_rounds") or {}
+    if rounds:
+        keys = list(rounds)
+        count = max(len(v) for v in rounds.values())
+        lines += [
+            f"## Winners re-measured in {count} alternating rounds (one-point `tuner search` each, in turn)",
+            "",
+            "| round | " + " | ".join(keys) + " |",
+            "|---:|" + "---:|" * len(keys),
+        ]
+        for i in range(count):
+            cells = [fmt(rounds[k][i]) if i < len(rounds[k]) else "" for k in keys]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        medians = [fmt(statistics.median([v for v in rounds[k] if v is not None] or [0.0])) for k in keys]
+        lines += ["| median | " + " | ".join(medians) + " |", ""]
     return "\n".join(lines)
 
 
@@ -617,6 +633,9 @@ def main() -> None:
     parser.add_argument("--skip-ds", action="store_true", help="no DeepSpeed autotuner run")
     parser.add_argument("--skip-ours", action="store_true", help="no guided `tuner search`")
     parser.add_argument("--skip-remeasure", action="store_true", help="no one-point re-measurements")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="then re-measure every winner again, in turn, this many rounds"
+    )
     parser.add_argument("--merge", action="store_true", help="keep the parts not rerun from today's results JSON")
     parser.add_argument("--global-batch", type=int, help="override the space's global batch (both tools)")
     parser.add_argument("--ds-micro-batches", type=int_list, help="explicit micro-batch list for DeepSpeed, e.g. 1,2,4")
@@ -706,6 +725,14 @@ def main() -> None:
                 run = remeasure(raw, tmp, url, f"remeasure-{key}", point, int(batch))
                 run["value"] = (run["best"] or {}).get("tokens_per_s")
                 data["remeasure"][key] = run
+            if args.rounds:  # every winner again, alternating, so the machine's drift falls on all alike
+                measured = data["remeasure"].items()
+                winners = {k: (run["config"], int(run["config"]["train_batch"])) for k, run in measured}
+                data["remeasure_rounds"] = {k: [] for k in winners}
+                for i in range(args.rounds):
+                    for key, (point, batch) in winners.items():
+                        again = remeasure(raw, tmp, url, f"round{i}-{key}", point, batch)
+                        data["remeasure_rounds"][key].append((again["best"] or {}).get("tokens_per_s"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2))
     out.write_text(report(data))
