@@ -293,4 +293,5 @@ def run_search(
         beats.stop()
     record_ranking(study)
     note_study(study, space.storage or "")
-    return SearchRun(study, interrupted=abandoned > 0)
+    # Stopped (Ctrl-C) with a trial in flight, or between two trials (fit() returns early only when stopped).
+    return SearchRun(study, interrupted=abandoned > 0 or not searcher.ran_to_the_end())

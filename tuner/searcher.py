@@ -54,6 +54,7 @@ class StudySearcher(Searcher):
         self.sampler = sampler or make_sampler(space)
         self.view = _View(self)
         self.launched = 0
+        self.finished = False  # told Tune there is nothing more to run; a fit() that returns before was stopped
         most = len(self.state.remaining()) + self.sampler.extra_trials()
         self.budget = min(space.search.max_trials or most, most)
 
@@ -62,6 +63,11 @@ class StudySearcher(Searcher):
         does (a rerun reads the store), and the study's storage URL, which may hold a password, must not
         land in a file."""
         return {}
+
+    def ran_to_the_end(self) -> bool:
+        """Whether nothing was left to launch: told Tune so, or the budget is spent (Tune stops asking at
+        num_samples). Tune's fit() returning before that was stopped (Ctrl-C), even with no trial in flight."""
+        return self.finished or self.launched >= self.budget
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         return True  # the space lives in this searcher, not in Tune's config
@@ -88,11 +94,13 @@ class StudySearcher(Searcher):
         """The next trial's config; None asks Tune to come back (the trials in flight must report first)."""
         while True:
             if self.launched >= self.budget:
+                self.finished = True
                 return Searcher.FINISHED  # type: ignore[return-value]
             proposed = self.sampler.propose(self.view)
             if proposed == WAIT:
                 return None
             if proposed == DONE:
+                self.finished = True
                 return Searcher.FINISHED  # type: ignore[return-value]
             assert isinstance(proposed, Proposal)
             started = self._start(proposed)

@@ -171,6 +171,7 @@ def test_abandoned_trials_are_failed_as_interrupted() -> None:
     searcher = StudySearcher(study, space, valid, {p: {} for p in valid}, lambda *_: None)
     searcher.suggest("a")
     searcher.suggest("b")
+    assert not searcher.ran_to_the_end()  # a Ctrl-C now is an interruption, with or without trials in flight
     assert searcher.abandon_in_flight("stopped") == 2
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all(t.user_attrs["failure_category"] == "interrupted" for t in study.trials)
@@ -273,6 +274,21 @@ def test_guided_finds_the_best_that_fits_with_fewer_trials_and_stops_by_its_rule
     assert all(memory.judge(p, []).fits for p in run)  # never a point the model rules out
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     assert searcher.suggest("after") == Searcher.FINISHED
+
+
+def test_a_search_ran_to_the_end_once_its_budget_is_spent_or_nothing_is_left() -> None:
+    space = make_space("grid", max_trials=2)
+    valid = enumerate_points(space).valid
+    searcher = StudySearcher(
+        optuna.create_study(direction="maximize"), space, valid, {p: {} for p in valid}, lambda *_: None
+    )
+    searcher.suggest("a")
+    assert not searcher.ran_to_the_end()
+    searcher.suggest("b")  # Tune asks no more at num_samples = the budget: never told FINISHED
+    assert not searcher.finished and searcher.ran_to_the_end()
+    everything = make_space("grid")
+    searcher, _ = drive(everything, optuna.create_study(direction="maximize"))
+    assert searcher.finished and searcher.ran_to_the_end()
 
 
 def test_guided_needs_a_speed_objective() -> None:
