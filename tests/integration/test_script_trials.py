@@ -61,7 +61,8 @@ def run_script(tmp_path: Path, body: str, steps: int = 100, **trial: Any) -> Tri
 
 
 def test_a_script_is_measured_through_its_engine_and_ended_after_the_measured_steps(tmp_path: Path) -> None:
-    result = run_script(tmp_path, TRAIN.replace("{before}", ""))
+    # capped at 3: the stopping rule may ask for more when a step on this shared machine is slow (timings vary)
+    result = run_script(tmp_path, TRAIN.replace("{before}", ""), max_measure_steps=3)
     assert result.ok, (result.failure_category, result.failure_reason, result.log_tail[-2000:])
     f = result.figures
     assert f["measured_steps"] == 3 and f["samples_per_s"] > 0 and "tokens_per_s" not in f  # no sequence length
