@@ -57,16 +57,32 @@ def _preflight(space: Any, enumeration: Any, accelerator: str) -> None:
         err.print(f"warning: {line}", markup=False)
 
 
-def _slow_checks(space: Any, enumeration: Any) -> None:
+def _checks_verdict(space: Any, enumeration: Any, accelerator: str) -> str:
+    """The name under which a pass of `_slow_checks` on this space and installation is kept (tuner.verdicts)."""
+    from tuner import verdicts
+
+    inputs = {
+        "space": space.model_dump(mode="json", exclude={"study", "storage", "search"}),
+        "accelerator": accelerator,
+        "points": [point.params() for point in enumeration.valid],
+    }
+    return verdicts.key("checks", inputs)
+
+
+def _slow_checks(space: Any, enumeration: Any, accelerator: str, verdict: str) -> None:
     """What `tuner search` checks with transformers and DeepSpeed (their imports take seconds): the model config,
-    then DeepSpeed's parser on the base config (without the warnings: they are printed once it passed)."""
-    from tuner.devices import detect_accelerator
+    then DeepSpeed's parser on the base config (without the warnings: they are printed once it passed). The
+    pass is kept under `verdict`; then the study store's own imports, before the caller creates it."""
+    from tuner import verdicts
     from tuner.preflight import check_base_config
     from tuner.space import check_model_config, model_check_deferred
+    from tuner.store import preload_storage_modules
 
     if model_check_deferred(space):
         check_model_config(space)
-    check_base_config(space, enumeration.valid, detect_accelerator(space))
+    check_base_config(space, enumeration.valid, accelerator)
+    verdicts.write(verdict, {"passed": True})
+    preload_storage_modules()
 
 
 def _checked(checks: Future[None], space: Any, enumeration: Any) -> None:
@@ -146,15 +162,41 @@ def search(
     assert space.storage is not None and space.study is not None
     from concurrent.futures import ThreadPoolExecutor
 
-    import optuna
+    from tuner import verdicts
+    from tuner.devices import detect_accelerator
+    from tuner.ray_start import connect_ray
+    from tuner.store import preload_storage_modules
 
+    accelerator = detect_accelerator(space)
+    verdict = _checks_verdict(space, enumeration, accelerator)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuner-checks")
+    # The two threads never import the same package at once (a module one thread is half-way through importing
+    # is an ImportError in the other, seen with SQLAlchemy): the thread's work is joined before the main thread
+    # imports Optuna's or SQLAlchemy's modules, and Ray's start imports none of the thread's.
+    if verdicts.read(verdict) is not None:
+        # Passed on this installation before: Ray starts first (a SQLite store is created after it, so a trial
+        # Ray cannot place writes nothing), with Alembic's imports beside it; then Ray Tune's and Optuna's, while
+        # Ray's own processes still start.
+        checks = pool.submit(preload_storage_modules)
+        try:
+            if space.storage.startswith("sqlite"):  # another store is reached before Ray, in run_search
+                connect_ray(address, accelerator, space.hardware.gpus_per_trial)
+        except SpaceError as exc:
+            _fail(exc)
+        checks.result()
+        import optuna
+
+        from tuner.search import run_search
+    else:
+        import optuna
+
+        from tuner.search import run_search
+
+        checks = pool.submit(_slow_checks, space, enumeration, accelerator, verdict)  # while Ray starts
+    pool.shutdown(wait=False)
     from tuner.progress import Progress
-    from tuner.search import run_search  # Ray's and Optuna's imports, before the thread's: no import cycles
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuner-checks")
-    checks = pool.submit(_slow_checks, space, enumeration)  # seconds of imports, while Ray starts
-    pool.shutdown(wait=False)
     progress = Progress(out, err, space.objectives[0])
     try:
         searched = run_search(

@@ -21,6 +21,7 @@ from optuna.storages import RDBStorage
 from tuner.devices import detect_accelerator, device_budget_gb, visible_gpu_memory_gb
 from tuner.dsconfig import build_ds_config, jit_ops
 from tuner.errors import SpaceError
+from tuner.estimate import ModelShape
 from tuner.heartbeat import Heartbeats, HeartbeatSettings
 from tuner.notes import name_metrics, note_study
 from tuner.orphans import reclaim_orphans
@@ -36,12 +37,12 @@ from tuner.placement import (
 from tuner.plan import EvidenceJudge, MemoryPlanner, device_budget, estimate_setup, prune_margin
 from tuner.points import Point, enumerate_points
 from tuner.ranking import record_ranking, recording
+from tuner.ray_start import connect_ray
 from tuner.searcher import StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
-from tuner.trial.failures import one_line
 from tuner.trial.nodes import prebuild_everywhere
-from tuner.trial.trainable import TrialContext, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
+from tuner.trial.trainable import TrialContext, prewarm_trial_worker, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,33 @@ def ds_configs_for(space: Space, points: tuple[Point, ...], accelerator: str) ->
 def memory_planner(space: Space, accelerator: str, prune: bool | None = None) -> MemoryPlanner | EvidenceJudge:
     """The memory model for this space's architecture, budget and margin; a script that describes no model
     is judged by what its trials showed alone."""
-    from tuner.workload.hf_causal_lm import model_shape
-
     budget = device_budget(
         memory_budget(space, accelerator), space.hardware.host_memory_gb, prune_margin(space, accelerator), accelerator
     )
     if not space.plans_memory:
         return EvidenceJudge(budget, accelerator, space.search.prune if prune is None else prune)
     return MemoryPlanner(
-        shape=model_shape(space.model_config_dict, space.model.options() if space.model else None),
+        shape=known_model_shape(space),
         setup=estimate_setup(space, accelerator),
         budget=budget,
         prune=space.search.prune if prune is None else prune,
     )
+
+
+def known_model_shape(space: Space) -> ModelShape:
+    """The architecture's shape as the memory model counts it; read back when this installation counted the
+    same model before (counting imports torch and transformers: seconds before the first trial)."""
+    from tuner import verdicts
+
+    options = space.model.options() if space.model else None
+    name = verdicts.key("shape", {"config": space.model_config_dict, "options": options})
+    shape = verdicts.shape_of(verdicts.read(name))
+    if shape is None:
+        from tuner.workload.hf_causal_lm import model_shape
+
+        shape = model_shape(space.model_config_dict, options)
+        verdicts.write(name, verdicts.shape_answer(shape))
+    return shape
 
 
 def create_study(space: Space, storage: RDBStorage | None = None) -> optuna.Study:
@@ -115,46 +130,6 @@ def create_study(space: Space, storage: RDBStorage | None = None) -> optuna.Stud
     study.set_user_attr("space", json.loads(redact_text(space_document(space))))
     name_metrics(study, space.objectives)
     return study
-
-
-def _check_reachable(address: str) -> None:
-    """A HOST:PORT that does not answer is reported at once (Ray itself retries for minutes)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or address in ("auto", "local"):
-        return  # Ray refuses these at once itself
-    if not host or not port.isdigit():
-        raise SpaceError("--address", f"auto, HOST:PORT or ray://HOST:PORT is allowed, not {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise SpaceError("--address", f"no Ray cluster answers at {address}: {one_line(exc)}") from None
-
-
-def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:
-    """Join the cluster at `address`, or start Ray on this machine; a cluster out of reach is bad input."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    init_kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": "ERROR",
-        "configure_logging": True,
-    }
-    if address:
-        _check_reachable(address)
-        init_kwargs["address"] = address
-    else:  # a Ray of its own, even where this machine is a node of a running cluster
-        init_kwargs["address"] = "local"
-        if accelerator == "cpu":
-            init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
-    try:
-        ray.init(**init_kwargs)
-    except Exception as exc:  # Ray raises many kinds: refused, timed out, wrong token, version mismatch
-        if not address:
-            raise
-        raise SpaceError("--address", f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
 
 
 def placement(space: Space, accelerator: str, address: str | None) -> tuple[list[dict[str, float]], int]:
@@ -220,6 +195,8 @@ def run_search(
     if address:
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
+    if not address:
+        prewarm_trial_worker()  # its start and imports while the study is created and Tune sets up
     over_card = device_budget_gb(space.hardware.device_memory_gb, visible_gpu_memory_gb())[1]
     if accelerator == "cuda" and over_card:
         on_event("warning", {"message": over_card})

@@ -35,6 +35,31 @@ class TrialContext:
     head_host: str
 
 
+def _import_trial_modules() -> None:
+    import ray.tune  # noqa: F401 (what Tune's trial actor imports first)
+
+    import tuner.trial.trainable  # noqa: F401
+
+
+def prewarm_trial_worker() -> None:
+    """Have Ray start workers for the first trial now, while the search creates its study and Tune sets up.
+
+    Tune's trial actors carry a runtime environment of their own (ray/tune/execution/class_cache.py), so no
+    worker started before fit() can take them: the first trial waited for a new process and its imports. A
+    task with the same runtime environment makes the raylet start workers for it at once, and the first
+    trial's actor takes one of them (measured on 2 cores: Tune's fit to a trivial trial's report 2.0 s
+    against 2.6-2.8 s). The task needs no CPU, so it never delays a trial; nothing waits for it.
+    """
+    import os
+
+    import ray
+    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+
+    env_vars = {**DEFAULT_ENV_VARS, **{name: os.environ[name] for name in ENV_VARS_TO_PROPAGATE if name in os.environ}}
+    task = ray.remote(num_cpus=0, runtime_env={"env_vars": env_vars}, max_retries=0)(_import_trial_modules)
+    task.remote()
+
+
 def trial_spec(
     space: Space, point: Point, ds_config: dict[str, Any], stop_over_step_s: float | None = None
 ) -> TrialSpec:

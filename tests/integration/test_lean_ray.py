@@ -1,0 +1,34 @@
+"""A search's own Ray, started for real: no autoscaler monitor, no log monitor, no idle prestarted workers."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import ray
+
+from tuner.ray_start import connect_ray
+
+
+def _ray_processes() -> list[str]:
+    names = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            names.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue  # ended meanwhile
+    return names
+
+
+def test_a_local_ray_starts_lean_and_runs_tasks() -> None:
+    assert not ray.is_initialized()
+    connect_ray(None, "cpu", 1)
+    try:
+        time.sleep(1.5)  # what Ray prestarts for a new driver is started by now
+        names = _ray_processes()
+        assert any("gcs_server" in name for name in names) and any("raylet" in name for name in names)
+        assert not [n for n in names if "autoscaler/_private/monitor.py" in n or "log_monitor.py" in n]
+        assert not [n for n in names if n.startswith("ray::IDLE")]
+        assert ray.get(ray.remote(lambda: 42).remote()) == 42  # workers still start when asked for
+    finally:
+        ray.shutdown()

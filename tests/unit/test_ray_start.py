@@ -1,0 +1,23 @@
+"""tuner.ray_start: a search's own Ray starts without the processes a local, fixed cluster never uses."""
+
+from __future__ import annotations
+
+from ray._private import parameter
+
+from tuner.ray_start import lean_head
+
+
+def test_lean_head_asks_for_no_monitors_and_puts_ray_back() -> None:
+    original = parameter.RayParams.__init__
+    with lean_head():
+        lean = parameter.RayParams()
+        chosen = parameter.RayParams(no_monitor=False, include_log_monitor=True)  # a caller's choice stands
+    assert (lean.no_monitor, lean.include_log_monitor) == (True, False)
+    assert (chosen.no_monitor, chosen.include_log_monitor) == (False, True)
+    assert parameter.RayParams.__init__ is original
+    assert parameter.RayParams().no_monitor is False
+
+
+def test_joining_a_cluster_changes_nothing() -> None:
+    with lean_head(enabled=False):
+        assert parameter.RayParams().no_monitor is False
