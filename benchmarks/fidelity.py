@@ -8,9 +8,9 @@
 (c) a trial's fixed overhead (launch, imports, build, initialise, warm-up, shutdown) as a share of its
     wall time (goal <= 25%);
 (d) `tuner search` start-up: seconds from the command's start to its first trial's launch (goal <= 10 s);
-(e) composed step timing against whole steps (trial.step_timing) across ZeRO stages 0-3, CPU offload and
-    accumulation counts: each case runs whole, composed, and whole again; the composed-vs-whole difference
-    must be within the whole-vs-whole one (the repeat noise), RMS over the cases.
+(e) composed step timing against whole steps (trial.step_timing; --only-composed runs it alone) across ZeRO
+    stages 0-3, CPU offload and accumulation counts: each case runs whole, composed, and whole again; the
+    composed-vs-whole difference must be within the whole-vs-whole one (the repeat noise), RMS over the cases.
 Trials run through the same launcher as `tuner search` (real DeepSpeed, real torchrun ranks).
 """
 
@@ -133,6 +133,42 @@ def composed_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def composed_only(args: argparse.Namespace) -> None:
+    """(e) by itself, for a rerun on a quiet machine: `-composed` result file."""
+    import deepspeed
+    import ray
+    import torch
+
+    space = load_space(args.space)
+    accelerator = detect_accelerator(space)
+    tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    started, loads = time.monotonic(), [os.getloadavg()[0]]
+    composed = composed_rows(args.space.resolve(), accelerator, tmp / "composed")
+    loads.append(os.getloadavg()[0])
+    errors, repeats = [r["error"] for r in composed], [r["repeat"] for r in composed]
+    date = datetime.now(UTC)
+    lines = [
+        f"# Composed vs whole step timing, {date:%Y-%m-%d} ({accelerator})",
+        "",
+        f"benchmarks/fidelity.py --only-composed: part (e) alone; {space.hardware.gpus_per_trial} ranks, "
+        f"wall time {time.monotonic() - started:.0f} s, 1-minute load {min(loads):.1f}-{max(loads):.1f} "
+        "(start, end).",
+        f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
+        f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}.",
+        "",
+        f"Composed vs whole, RMS over {len(composed)} cases: {rms(errors):.1%} (mean {statistics.fmean(errors):+.1%}; "
+        f"worst {max(errors, key=abs):+.1%}); whole vs whole (the repeat noise): {rms(repeats):.1%} "
+        f"(mean {statistics.fmean(repeats):+.1%}; worst {max(repeats, key=abs):+.1%}).",
+        *composed_lines(composed),
+        "",
+    ]
+    tag = f"-{args.tag}" if args.tag else ""
+    out = REPO / "benchmarks" / "results" / f"{date:%Y-%m-%d}-fidelity-{accelerator}-composed{tag}.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {out}")
+
+
 def rms(values: list[float]) -> float:
     return math.sqrt(statistics.fmean(v * v for v in values))
 
@@ -145,7 +181,11 @@ def main() -> None:
     parser.add_argument("--longer", type=int, default=10, help="how many times more measured steps")
     parser.add_argument("--tag", default="", help="appended to the result file's name (e.g. before, after)")
     parser.add_argument("--no-composed", action="store_true", help="leave out (e), composed vs whole steps")
+    parser.add_argument("--only-composed", action="store_true", help="run (e) alone (its own result file)")
     args = parser.parse_args()
+    if args.only_composed:
+        composed_only(args)
+        return
     space = load_space(args.space)
     accelerator = detect_accelerator(space)
     points = list(enumerate_points(space).valid)

@@ -1,6 +1,6 @@
 """`tuner search` start-up: seconds from the command to its first trial's launch, two code trees alternated.
 
-    python benchmarks/startup.py [--before DIR] [--runs 3] [--space search_spaces/quickstart-cpu.yaml]
+    python benchmarks/startup.py [--before DIR] [--runs 3] [--space search_spaces/quickstart-cpu.yaml] [--uncached]
 
 Each run is `python -m tuner.cli search SPACE --max-trials 1` in a fresh folder, with PYTHONPATH naming the
 tree measured (this checkout, and `--before`: an older checkout, e.g. `git worktree add /tmp/before main`);
@@ -8,7 +8,10 @@ the first trial's launch is when its spec.json is written, just before its ranks
 benchmarks/fidelity.py part (d)), with the CPU seconds its processes used by then. Runs alternate
 before/after, so load from other work on the machine falls on both alike. `ray.init` alone is timed the
 same way, with the options `tuner search` starts Ray with. The DeepSpeed ops must be built already (any
-earlier search); a run that builds them is not start-up. Prints one JSON line per run and the medians.
+earlier search); a run that builds them is not start-up. The checks' verdicts (tuner.verdicts) are kept
+after a tree's first run: the first run of each tree is a warm-up, not counted; `--uncached` adds a series of
+this checkout with the verdicts turned off (TUNER_VERDICT_CACHE=0), as a space's first search runs. Prints one
+JSON line per run and the medians.
 """
 
 from __future__ import annotations
@@ -48,11 +51,11 @@ def _cpu_s(root: psutil.Process) -> float:
     return total
 
 
-def first_launch_s(tree: Path, space: Path) -> tuple[float, float]:
+def first_launch_s(tree: Path, space: Path, extra_env: dict[str, str] | None = None) -> tuple[float, float]:
     """Seconds from starting `tuner search` (code from `tree`) to its first trial's spec being written, and the
     CPU seconds its processes used by then (sampled every 0.1 s, so a little late)."""
     work = Path(tempfile.mkdtemp(prefix="startup-"))
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": str(tree), **(extra_env or {})}
     start = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuner.cli", "search", str(space), "--study", "startup",
@@ -82,15 +85,22 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="an older checkout to alternate with")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "quickstart-cpu.yaml")
+    parser.add_argument("--uncached", action="store_true", help="a series with the checks' verdicts turned off")
     args = parser.parse_args()
-    trees = {"after": REPO, **({"before": args.before.resolve()} if args.before else {})}
+    trees: dict[str, tuple[Path, dict[str, str]]] = {"after": (REPO, {})}
+    if args.before:
+        trees["before"] = (args.before.resolve(), {})
+    if args.uncached:
+        trees["after-uncached"] = (REPO, {"TUNER_VERDICT_CACHE": "0"})
     figures: dict[str, dict[str, list[float]]] = {
         name: {"first_trial_s": [], "cpu_s": [], "ray_init_s": []} for name in trees
     }
+    for tree, extra_env in trees.values():  # warm-up: the verdicts of this tree and space kept, pages cached
+        first_launch_s(tree, args.space.resolve(), extra_env)
     for run in range(args.runs):
-        for name, tree in sorted(trees.items(), reverse=run % 2 == 1):  # before first, then after first
+        for name, (tree, extra_env) in sorted(trees.items(), reverse=run % 2 == 1):  # the order alternates
             load = os.getloadavg()[0]
-            first, cpu = first_launch_s(tree, args.space.resolve())
+            first, cpu = first_launch_s(tree, args.space.resolve(), extra_env)
             ray = ray_init_s(tree)
             for key, value in (("first_trial_s", first), ("cpu_s", cpu), ("ray_init_s", ray)):
                 figures[name][key].append(value)

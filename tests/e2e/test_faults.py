@@ -123,10 +123,15 @@ def test_ctrl_c_and_sigkill_lose_nothing_and_the_same_command_continues(
     # SIGKILL of the whole search while a later trial runs: nothing can be recorded at that moment.
     proc = start(space, tmp_path)
     wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in trials(url)) >= 1, 300, "a complete trial")
-    wait_for(a_trial_is_running(url, runs), 300, "a running trial")
-    running = [t._trial_id for t in trials(url) if t.state == TrialState.RUNNING]
     study = optuna.load_study(study_name="faults", storage=url)
-    wait_for(lambda: set(heartbeat_ages(study, running)) == set(running), 10, "the search's heartbeats")
+
+    def running_and_beating() -> bool:
+        """A trial is RUNNING with its ranks started and its beat recorded (checked together: a warm trial
+        takes 2-3 s, so the trial seen running a moment ago may have ended before its beat was looked for)."""
+        running = [t._trial_id for t in trials(url) if t.state == TrialState.RUNNING]
+        return a_trial_is_running(url, runs)() and set(heartbeat_ages(study, running)) == set(running)
+
+    wait_for(running_and_beating, 300, "a running trial with the search's heartbeat")
     proc.kill()
     proc.communicate(timeout=60)
     # Trials of a search on another host: one whose heartbeat stopped, one from before heartbeats (none).
