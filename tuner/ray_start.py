@@ -36,6 +36,11 @@ def _check_reachable(address: str) -> None:
 LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 
 
+# Every worker of a search's own Ray imports Ray Tune and the trainable as it starts, so a worker started
+# early (tuner.trial.trainable.prewarm_trial_worker) is ready when the first trial's actor comes to it.
+PREIMPORT_HOOK = "tuner.trial.trainable.preimport_trial_modules"
+
+
 @contextmanager
 def lean_head(enabled: bool = True) -> Iterator[None]:
     """While starting a Ray of the search's own: no autoscaler monitor (a local cluster never scales) and no
@@ -80,6 +85,7 @@ def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:
     else:  # a Ray of its own, even where this machine is a node of a running cluster
         init_kwargs["address"] = "local"
         init_kwargs["_system_config"] = LEAN_SYSTEM_CONFIG
+        init_kwargs["runtime_env"] = {"worker_process_setup_hook": PREIMPORT_HOOK}
         if accelerator == "cpu":
             init_kwargs["num_cpus"] = max(os.cpu_count() or 1, ranks)  # a trial's ranks must fit somewhere
     try:
