@@ -1,7 +1,7 @@
 """Starting Ray for a search, or joining a cluster: the one part of Ray a search needs before its imports.
 
-`tuner search` starts Ray first and imports Ray Tune, Optuna and the searcher while Ray's processes come up
-(this module imports nothing heavy), and starts it lean: a 2-core machine's start-up is CPU-bound.
+`tuner search` can start Ray before it imports Ray Tune, Optuna and the searcher, which then run while Ray's
+processes come up (this module imports nothing heavy); it starts Ray lean: on 2 cores, start-up is CPU-bound.
 """
 
 from __future__ import annotations
@@ -43,28 +43,36 @@ PREIMPORT_HOOK = "tuner.trial.trainable.preimport_trial_modules"
 
 @contextmanager
 def lean_head(enabled: bool = True) -> Iterator[None]:
-    """While starting a Ray of the search's own: no autoscaler monitor (a local cluster never scales) and no
-    log monitor (it streams workers' output to drivers, which `log_to_driver=False` turns off): 0.6 CPU-seconds
-    each of a 2-core machine's start-up. `ray.init` has no option for either, so the head's RayParams get
-    them (ray/_private/parameter.py, as `ray start` passes them); a Ray without those parameters starts as is."""
-    from ray._private import parameter
+    """While starting a Ray of the search's own: no autoscaler monitor (a local cluster never scales), no log
+    monitor (it streams workers' output to drivers, which `log_to_driver=False` turns off) and no dashboard
+    head (`include_dashboard=False` still starts its minimal API server; a search never asks it anything):
+    0.6-0.75 CPU-seconds each of a 2-core machine's start-up. `ray.init` has no option for any of them, so the
+    head's RayParams get the first two (ray/_private/parameter.py, as `ray start` passes them) and the node
+    skips the third (ray/_private/node.py); a Ray without those parts starts as it is."""
+    from ray._private import node, parameter
 
-    original = parameter.RayParams.__init__
-    names = inspect.signature(original).parameters
-    if not enabled or "no_monitor" not in names or "include_log_monitor" not in names:
+    original_params = parameter.RayParams.__init__
+    original_api = getattr(node.Node, "start_api_server", None)
+    names = inspect.signature(original_params).parameters
+    if not enabled or "no_monitor" not in names or "include_log_monitor" not in names or original_api is None:
         yield
         return
 
     def lean(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("no_monitor", True)
         kwargs.setdefault("include_log_monitor", False)
-        original(self, *args, **kwargs)
+        original_params(self, *args, **kwargs)
+
+    def no_api_server(self: Any, **_: Any) -> None:
+        return None
 
     parameter.RayParams.__init__ = lean  # type: ignore[method-assign]
+    node.Node.start_api_server = no_api_server  # type: ignore[method-assign]
     try:
         yield
     finally:
-        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
+        parameter.RayParams.__init__ = original_params  # type: ignore[method-assign]
+        node.Node.start_api_server = original_api  # type: ignore[method-assign]
 
 
 def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:

@@ -1,4 +1,5 @@
-"""A search's own Ray, started for real: no autoscaler monitor, no log monitor, no idle prestarted workers."""
+"""A search's own Ray, started for real: no autoscaler monitor, log monitor, dashboard head or idle prestarted
+workers."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def test_a_local_ray_starts_lean_and_runs_tasks() -> None:
         time.sleep(1.5)  # what Ray prestarts for a new driver is started by now
         names = _ray_processes()
         assert any("gcs_server" in name for name in names) and any("raylet" in name for name in names)
-        assert not [n for n in names if "autoscaler/_private/monitor.py" in n or "log_monitor.py" in n]
+        left_out = ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py")
+        assert not [n for n in names if any(part in n for part in left_out)]
         assert not [n for n in names if n.startswith("ray::IDLE")]
         assert ray.get(ray.remote(lambda: 42).remote()) == 42  # workers still start when asked for
     finally:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from ray._private import parameter
+from ray._private import node, parameter
 
 from tuner.ray_start import lean_head
 
 
 def test_lean_head_asks_for_no_monitors_and_puts_ray_back() -> None:
-    original = parameter.RayParams.__init__
+    original, api_server = parameter.RayParams.__init__, node.Node.start_api_server
     with lean_head():
         lean = parameter.RayParams()
         chosen = parameter.RayParams(no_monitor=False, include_log_monitor=True)  # a caller's choice stands
+        assert node.Node.start_api_server is not api_server
     assert (lean.no_monitor, lean.include_log_monitor) == (True, False)
     assert (chosen.no_monitor, chosen.include_log_monitor) == (False, True)
-    assert parameter.RayParams.__init__ is original
+    assert parameter.RayParams.__init__ is original and node.Node.start_api_server is api_server
     assert parameter.RayParams().no_monitor is False
 
 
