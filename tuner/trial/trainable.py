@@ -37,8 +37,8 @@ class TrialContext:
 
 def preimport_trial_modules() -> None:
     """Ray's setup hook for a search's own workers (tuner.ray_start): each imports what a trial's actor needs
-    as it starts, before any trial is given to it. Never raises: a worker that cannot start fails its trial
-    with less to go on than the import error the trial itself would report."""
+    as it starts, before any trial is given to it. Never raises: an import that fails here fails again in the
+    trial, which reports it as a failure with its reason; a hook that raised would stop the worker instead."""
     try:
         import ray.tune  # noqa: F401 (what Tune's trial actor imports first)
 
