@@ -16,21 +16,14 @@ import hashlib
 import json
 import os
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from tuner.estimate import Adapters, ModelShape
+from tuner.trial.extensions import cache_root, installed_version
 
 LIBRARIES = ("torch", "transformers", "deepspeed", "pydantic", "peft")
 OFF = "TUNER_VERDICT_CACHE"  # 0: always recompute
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "none"
 
 
 @lru_cache(maxsize=1)
@@ -40,7 +33,7 @@ def _installation() -> str:
     package = Path(__file__).resolve().parent
     for source in sorted(package.rglob("*.py")):
         digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
-    versions = {name: _version(name) for name in LIBRARIES}
+    versions = {name: installed_version(name) for name in LIBRARIES}
     return json.dumps({"versions": versions, "tuner": digest.hexdigest()}, sort_keys=True)
 
 
@@ -51,9 +44,8 @@ def key(kind: str, inputs: Any) -> str:
 
 
 def folder() -> Path:
-    """Under XDG_CACHE_HOME (default ~/.cache), beside the tool's compiled ops."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "tuner" / "verdicts"
+    """Beside the tool's compiled ops."""
+    return cache_root() / "verdicts"
 
 
 def enabled() -> bool:

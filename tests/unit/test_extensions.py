@@ -37,7 +37,9 @@ def test_the_ranks_build_ops_in_this_installations_folder_per_accelerator(tmp_pa
     assert cpu.parent == cuda.parent and cpu.parent.parent == root  # <root>/<installation>/<accelerator>
     assert (cpu.name, cuda.name) == ("cpu", "cuda")  # DeepSpeed's CPU and CUDA builders share op names
     key = cpu.parent.name
-    assert key.startswith(f"ds{extensions._version('deepspeed')}-torch{extensions._version('torch')}-py3")
+    assert key.startswith(
+        f"ds{extensions.installed_version('deepspeed')}-torch{extensions.installed_version('torch')}-py3"
+    )
     assert worker_env("cpu", 2)[ENV] == str(cpu) and worker_env("cuda", 8)[ENV] == str(cuda)
 
 
@@ -59,7 +61,7 @@ def test_two_installations_or_versions_get_two_folders_and_one_installation_keep
     assert installation_key() != first
     installation_key.cache_clear()
     monkeypatch.undo()
-    monkeypatch.setattr(extensions, "_version", lambda package: "9.9" if package == "deepspeed" else "2.0")
+    monkeypatch.setattr(extensions, "installed_version", lambda package: "9.9" if package == "deepspeed" else "2.0")
     other = installation_key()
     assert other != first and other.startswith("ds9.9-torch2.0-")
 

@@ -37,7 +37,7 @@ def test_a_kept_answer_is_read_back_under_the_same_inputs_only() -> None:
 def test_the_key_changes_with_a_library_version(monkeypatch: pytest.MonkeyPatch) -> None:
     name = verdicts.key("checks", {"x": 1})
     verdicts._installation.cache_clear()
-    monkeypatch.setattr(verdicts, "_version", lambda package: "0.0-other")
+    monkeypatch.setattr(verdicts, "installed_version", lambda package: "0.0-other")
     try:
         assert verdicts.key("checks", {"x": 1}) != name
     finally:

@@ -24,7 +24,7 @@ from pathlib import Path
 ENV = "TORCH_EXTENSIONS_DIR"
 
 
-def _version(package: str) -> str:
+def installed_version(package: str) -> str:
     """A package's installed version, read from its metadata (importing torch or DeepSpeed takes seconds)."""
     try:
         return metadata.version(package)
@@ -36,16 +36,21 @@ def _version(package: str) -> str:
 def installation_key() -> str:
     """This installation's folder name: readable versions, then a digest of the environment's path."""
     python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    versions = f"ds{_version('deepspeed')}-torch{_version('torch')}-{python}"
+    versions = f"ds{installed_version('deepspeed')}-torch{installed_version('torch')}-{python}"
     digest = hashlib.sha256(f"{os.path.realpath(sys.prefix)}\n{versions}".encode()).hexdigest()[:12]
     return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{versions}-{digest}")
 
 
-def tuner_root(environ: Mapping[str, str] | None = None) -> Path:
-    """All installations' op folders: under XDG_CACHE_HOME (default ~/.cache), as torch's own cache."""
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The tool's cache: under XDG_CACHE_HOME (default ~/.cache), as torch's own cache."""
     env = os.environ if environ is None else environ
     cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "tuner" / "torch_extensions"
+    return Path(cache).expanduser() / "tuner"
+
+
+def tuner_root(environ: Mapping[str, str] | None = None) -> Path:
+    """All installations' op folders."""
+    return cache_root(environ) / "torch_extensions"
 
 
 def extensions_dir(accelerator: str, environ: Mapping[str, str] | None = None) -> Path:
