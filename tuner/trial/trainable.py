@@ -39,12 +39,10 @@ def preimport_trial_modules() -> None:
     """Ray's setup hook for a search's own workers (tuner.ray_start): each imports what a trial's actor needs
     as it starts, before any trial is given to it. Never raises: an import that fails here fails again in the
     trial, which reports it as a failure with its reason; a hook that raised would stop the worker instead."""
-    try:
-        import ray.tune  # noqa: F401 (what Tune's trial actor imports first)
+    import contextlib
 
-        import tuner.trial.trainable  # noqa: F401
-    except Exception:
-        pass
+    with contextlib.suppress(Exception):  # this module is imported already: Ray found the hook in it
+        import ray.tune  # noqa: F401 (what Tune's trial actor imports first)
 
 
 def prewarm_trial_worker() -> None:
