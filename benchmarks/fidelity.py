@@ -10,13 +10,15 @@
 (d) `tuner search` start-up: seconds from the command's start to its first trial's launch (goal <= 10 s);
 (e) composed step timing against whole steps (trial.step_timing; --only-composed runs it alone) across ZeRO
     stages 0-3, CPU offload and accumulation counts: each case runs whole, composed, and whole again; the
-    composed-vs-whole difference must be within the whole-vs-whole one (the repeat noise), RMS over the cases.
+    composed-vs-whole difference must be within the whole-vs-whole one (the repeat noise), RMS over the cases;
+    then the same within one trial's ranks (rounds of whole, composed, whole again: no trial-to-trial noise).
 Trials run through the same launcher as `tuner search` (real DeepSpeed, real torchrun ranks).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -67,7 +69,8 @@ def trial(space: Space, point: Point, accelerator: str, work: Path, **over: Any)
     )
     if not result.ok:
         raise SystemExit(f"{point.label()}: {result.failure_category}: {result.failure_reason}")
-    return {**result.figures, "duration_s": result.duration_s}
+    audit = json.loads((work / "result.json").read_text()).get("timing_audit")  # (e): spec.audit_rounds
+    return {**result.figures, "duration_s": result.duration_s, "timing_audit": audit}
 
 
 def first_launch_s(space_path: Path, tmp: Path) -> float:
@@ -84,6 +87,7 @@ def first_launch_s(space_path: Path, tmp: Path) -> float:
 
 
 # (e): (zero stage, optimizer offload, accumulation micro-steps per step), micro-batch 2, no checkpointing
+AUDIT_ROUNDS = 8  # (e) in the same ranks: rounds of whole, composed, whole again after the composed trial's figures
 COMPOSED_CASES = ((0, "none", 8), (0, "none", 32), (1, "none", 16), (2, "none", 16), (2, "cpu", 16),
                   (3, "none", 16), (3, "cpu", 8), (3, "none", 32))  # fmt: skip
 
@@ -102,11 +106,16 @@ def composed_rows(space_path: Path, accelerator: str, work: Path) -> list[dict[s
         (point,) = enumerate_points(space).valid
         tag = f"z{stage}-{offload}-a{accum}"
         whole = trial(space, point, accelerator, work / f"{tag}-whole", step_timing="whole")
-        composed = trial(space, point, accelerator, work / f"{tag}-composed", step_timing="composed")
+        composed = trial(
+            space, point, accelerator, work / f"{tag}-composed", step_timing="composed", audit_rounds=AUDIT_ROUNDS
+        )
+        audit = {name: statistics.median(values) for name, values in composed["timing_audit"].items()}
         again = trial(space, point, accelerator, work / f"{tag}-again", step_timing="whole")
         rows.append({"case": f"{point.label()} accum {accum}", "accum": accum, "whole": whole, "composed": composed,
                      "again": again, "error": composed["step_time_s"] / whole["step_time_s"] - 1,
-                     "repeat": again["step_time_s"] / whole["step_time_s"] - 1})  # fmt: skip
+                     "repeat": again["step_time_s"] / whole["step_time_s"] - 1, "audit": audit,
+                     "audit_error": audit["composed"] / audit["whole"] - 1,
+                     "audit_repeat": audit["whole_again"] / audit["whole"] - 1})  # fmt: skip
     return rows
 
 
@@ -117,7 +126,8 @@ def composed_lines(rows: list[dict[str, Any]]) -> list[str]:
         "## (e) composed vs whole step timing",
         "",
         "Each case: a whole-step trial, a composed trial (first + 3 middle + boundary micro-step per sample, "
-        "composed = first + (accum - 2) x median middle + boundary), and a second whole-step trial.",
+        "composed = first + (accum - 2) x median middle + boundary), and a second whole-step trial. Each trial is "
+        "new processes, whose speed differs from trial to trial.",
         "",
         "| case | whole s | composed s | error | whole again s | repeat diff | first / middle / boundary ms "
         "| measured s whole / composed |",
@@ -130,7 +140,32 @@ def composed_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['case']} | {w['step_time_s']:.3f} | {c['step_time_s']:.3f} | {r['error']:+.1%} "
             f"| {a['step_time_s']:.3f} | {r['repeat']:+.1%} | {parts} | {w['measure_s']:.1f} / {c['measure_s']:.1f} |"
         )
+    lines += [
+        "",
+        f"In the same ranks: after its own figures, the composed trial ran {AUDIT_ROUNDS} rounds of a whole step, a "
+        "composed sample and a whole step again (tuner.trial.timing.audit); medians of the rounds, each round the "
+        "slowest rank's.",
+        "",
+        "| case | whole s | composed s | error | whole again s | repeat diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        au = r["audit"]
+        lines.append(
+            f"| {r['case']} | {au['whole']:.3f} | {au['composed']:.3f} | {r['audit_error']:+.1%} "
+            f"| {au['whole_again']:.3f} | {r['audit_repeat']:+.1%} |"
+        )
     return lines
+
+
+def audit_line(rows: list[dict[str, Any]]) -> str:
+    """(e) in the same ranks: composed vs whole against whole again vs whole, RMS over the cases."""
+    errors, repeats = [r["audit_error"] for r in rows], [r["audit_repeat"] for r in rows]
+    return (
+        f"In the same ranks ({AUDIT_ROUNDS} rounds per case): composed vs whole, RMS {rms(errors):.1%} "
+        f"(mean {statistics.fmean(errors):+.1%}; worst {max(errors, key=abs):+.1%}); whole again vs whole "
+        f"{rms(repeats):.1%} (mean {statistics.fmean(repeats):+.1%}; worst {max(repeats, key=abs):+.1%})."
+    )
 
 
 def composed_only(args: argparse.Namespace) -> None:
@@ -159,6 +194,7 @@ def composed_only(args: argparse.Namespace) -> None:
         f"Composed vs whole, RMS over {len(composed)} cases: {rms(errors):.1%} (mean {statistics.fmean(errors):+.1%}; "
         f"worst {max(errors, key=abs):+.1%}); whole vs whole (the repeat noise): {rms(repeats):.1%} "
         f"(mean {statistics.fmean(repeats):+.1%}; worst {max(repeats, key=abs):+.1%}).",
+        audit_line(composed),
         *composed_lines(composed),
         "",
     ]
@@ -240,6 +276,12 @@ def main() -> None:
             f"| {rms(errors):.1%} ({statistics.fmean(errors):+.1%}; {max(errors, key=abs):+.1%}) "
             f"| <= whole vs whole: {rms(repeats):.1%} ({statistics.fmean(repeats):+.1%}; "
             f"{max(repeats, key=abs):+.1%}) |"
+        )
+        errors, repeats = [r["audit_error"] for r in composed], [r["audit_repeat"] for r in composed]
+        lines.append(
+            f"| (e) the same in the same ranks, {AUDIT_ROUNDS} rounds per case | {rms(errors):.1%} "
+            f"({statistics.fmean(errors):+.1%}; {max(errors, key=abs):+.1%}) | <= whole again vs whole: "
+            f"{rms(repeats):.1%} ({statistics.fmean(repeats):+.1%}; {max(repeats, key=abs):+.1%}) |"
         )
     lines += [
         "",

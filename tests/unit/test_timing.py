@@ -129,6 +129,22 @@ def test_a_composed_sample_runs_few_micro_steps_and_ends_on_a_boundary() -> None
     assert small.boundaries == [False, False, True]
 
 
+def test_an_audit_round_is_whole_composed_whole_each_ending_on_its_own_boundary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a composed sample DeepSpeed's count is off, so the audit's whole steps set the boundary too."""
+    reduced: list[list[float]] = []
+    monkeypatch.setattr(timing, "reduce_on_device", lambda values, op, device: reduced.append(list(values)) or values)
+    batches = [{"input_ids": torch.tensor([i])} for i in range(16)]
+    engine = BoundaryEngine()
+    got = timing.audit(engine, batches, 2, lambda: None, "cpu")
+    one_round = [False] * 15 + [True] + [False] * 4 + [True] + [False] * 15 + [True]
+    assert engine.boundaries == one_round * 2 and engine.steps == 2 * (16 + 5 + 16)
+    assert list(got) == ["whole", "composed", "whole_again"] and all(len(v) == 2 for v in got.values())
+    assert reduced[0] == [got["whole"][0], got["composed"][0], got["whole_again"][0]]  # one reduction per round
+    assert timing.Timing("composed", audit=got).summary()["timing_audit"] == got
+
+
 def scripted(values: list[float]) -> Iterator[float]:
     yield from values
     raise AssertionError("the loop timed more steps than the script has")

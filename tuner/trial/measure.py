@@ -119,17 +119,23 @@ def reduce_on_device(values: Sequence[float], op: str, device: Any) -> list[floa
     return [float(v) for v in tensor.tolist()]
 
 
-def timed_step(engine: Any, batches: Sequence[dict[str, Any]], synchronize: Callable[[], None]) -> tuple[float, Any]:
+def timed_step(
+    engine: Any, batches: Sequence[dict[str, Any]], synchronize: Callable[[], None], manual_boundary: bool = False
+) -> tuple[float, Any]:
     """One optimizer step over every accumulation micro-step: its wall time and the mean loss (a device tensor).
 
     The clock runs from a synchronised device before the first forward to a synchronised device after the
     last `engine.step()`; the loss stays on the device until the caller reads it, outside the timing.
+    `manual_boundary` sets the boundary by hand, as a composed sample does: after one, DeepSpeed's own
+    micro-step count no longer ends a step where the batches end.
     """
     assert batches, "an optimizer step has at least one micro-step"
     synchronize()
     start = time.perf_counter()
     total: Any = None
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if manual_boundary:
+            engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()

@@ -36,6 +36,7 @@ class TrialSpec:
     max_measure_steps: int | None = None
     max_cv: float = 1.0
     step_timing: str = "auto"  # whole | composed | auto (tuner.trial.measure.step_timing_for)
+    audit_rounds: int = 0  # benchmarks/fidelity.py: rounds of whole, composed, whole after the figures (timing.audit)
     device_memory_gb: float | None = None
     peak_tflops: float | None = None
     stop_over_step_s: float | None = None  # early stopping: clearly slower than the best trial's step

@@ -38,6 +38,7 @@ class Timing:
     stopped_early: bool = False
     loss: float = float("nan")
     micro: list[list[float]] = field(default_factory=list)  # composed: [first, median middle, boundary] per step
+    audit: dict[str, list[float]] = field(default_factory=dict)  # `audit`'s rounds, when the spec asks for them
 
     def summary(self) -> dict[str, Any]:
         """The result.json fields: how the figures were taken, and a composed step's parts (median seconds)."""
@@ -45,6 +46,8 @@ class Timing:
         if self.micro:
             first, middle, boundary = (statistics.median(part) for part in zip(*self.micro, strict=True))
             out["micro_step_s"] = {"first": first, "middle": middle, "boundary": boundary}
+        if self.audit:
+            out["timing_audit"] = self.audit
         return out
 
 
@@ -95,3 +98,24 @@ def measure(
             break
     timing.loss = float(loss) if loss is not None else float("nan")
     return timing
+
+
+def audit(
+    engine: Any, batches: Sequence[dict[str, Any]], rounds: int, synchronize: Callable[[], None], device: Any
+) -> dict[str, list[float]]:
+    """Composed timing checked in the same ranks (benchmarks/fidelity.py; `TrialSpec.audit_rounds`): `rounds` of
+    a whole step, a composed sample and a whole step again, each the slowest rank's figure.
+
+    Between two trials the same step time differs by up to 10% here (each trial is new processes), which hides
+    a composed figure's error; within one trial only the formula's error and the short-term noise remain, and
+    the two whole steps of a round measure that noise.
+    """
+    out: dict[str, list[float]] = {"whole": [], "composed": [], "whole_again": []}
+    for _ in range(rounds):
+        whole = timed_step(engine, batches, synchronize, manual_boundary=True)[0]
+        micro = composed_sample(engine, batches, synchronize)[0]
+        again = timed_step(engine, batches, synchronize, manual_boundary=True)[0]
+        figures = reduce_on_device([whole, composed_time(micro, len(batches)), again], "max", device)
+        for name, value in zip(out, figures, strict=True):
+            out[name].append(value)
+    return out

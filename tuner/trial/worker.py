@@ -24,9 +24,9 @@ from typing import Any
 from tuner.result import GB
 from tuner.trial.failures import OOM, classify_exception, one_line
 from tuner.trial.guard import die_with_parent
-from tuner.trial.measure import WHOLE, allocator_fraction, reduce_on_device
+from tuner.trial.measure import WHOLE, allocator_fraction, composed_plan, reduce_on_device
 from tuner.trial.spec import TrialSpec
-from tuner.trial.timing import measure
+from tuner.trial.timing import audit, measure
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -153,6 +153,8 @@ def run(spec: TrialSpec, out_dir: Path, phase: list[str]) -> None:
     batches = data.step_batches(spec, rank, world, vocab, device)
     phase[0] = "train"
     timing = measure(engine, batches, spec, accel.synchronize, device)
+    if spec.audit_rounds and composed_plan(len(batches)) < len(batches):
+        timing.audit = audit(engine, batches, spec.audit_rounds, accel.synchronize, device)
     clock["warmed_up"] = timing.warmed_up
     # A composed sample runs a few of the step's micro-batches, not the whole step: no first-step loss to compare.
     first_loss = first.value() if timing.step_timing == WHOLE else None
