@@ -37,7 +37,8 @@ LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_pres
 
 
 # Every worker of a search's own Ray imports Ray Tune and the trainable as it starts, so a worker started
-# early (tuner.trial.trainable.prewarm_trial_worker) is ready when the first trial's actor comes to it.
+# early (tuner.trial.trainable.prewarm_trial_worker, right after ray.init) is ready when the first trial's actor
+# comes to it.
 PREIMPORT_HOOK = "tuner.trial.trainable.preimport_trial_modules"
 
 
@@ -103,3 +104,7 @@ def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:
         if not address:
             raise
         raise SpaceError("--address", f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+    if not address:  # the first trial's worker starts now, while the driver imports Tune and makes the study
+        from tuner.trial.trainable import prewarm_trial_worker
+
+        prewarm_trial_worker()

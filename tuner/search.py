@@ -42,7 +42,7 @@ from tuner.searcher import StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.nodes import prebuild_everywhere
-from tuner.trial.trainable import TrialContext, prewarm_trial_worker, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
+from tuner.trial.trainable import TrialContext, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,6 @@ def run_search(
     if address:
         accelerator = cluster_accelerator(space, accelerator)
     bundles, at_once = placement(space, accelerator, address)
-    if not address:
-        prewarm_trial_worker()  # its start and imports while the study is created and Tune sets up
     over_card = device_budget_gb(space.hardware.device_memory_gb, visible_gpu_memory_gb())[1]
     if accelerator == "cuda" and over_card:
         on_event("warning", {"message": over_card})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from ray._private import node, parameter
 
 from tuner.ray_start import lean_head
@@ -22,3 +23,20 @@ def test_lean_head_asks_for_no_monitors_and_puts_ray_back() -> None:
 def test_joining_a_cluster_changes_nothing() -> None:
     with lean_head(enabled=False):
         assert parameter.RayParams().no_monitor is False
+
+
+def test_the_prewarmed_worker_has_the_environment_tune_gives_its_trial_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose variables differ in any way is never given the actor: the copy must match Ray Tune's own."""
+    from ray.tune.execution import class_cache
+
+    from tuner.trial.trainable import tune_actor_env_vars
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a key")  # one Tune passes on to its actors
+    monkeypatch.setenv("TUNER_NOT_PASSED_ON", "1")
+    given: list[dict] = []
+    monkeypatch.setattr(
+        class_cache.ray, "remote", lambda **options: given.append(options["runtime_env"]) or (lambda c: c)
+    )
+    class_cache._ActorClassCache().get(object)
+    assert given == [{"env_vars": tune_actor_env_vars()}]
+    assert tune_actor_env_vars() == {"PL_DISABLE_FORK": "1", "AWS_ACCESS_KEY_ID": "a key"}

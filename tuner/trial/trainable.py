@@ -53,18 +53,38 @@ def prewarm_trial_worker() -> None:
     task with the same runtime environment makes the raylet start workers for it at once; the task's own
     worker is not given to an actor afterwards, but the raylet starts a second, idle one beside it, and the
     first trial's actor takes that one, its imports done by the search's setup hook (preimport_trial_modules).
-    Measured on 2 cores: fit() to the first trial's launch 1.5-1.8 s (3.0 s once, when the actor took a new
-    worker) against 1.7-3.4 s with the task but no hook. The task needs no CPU, so it never delays a trial;
-    nothing waits for it.
+    Called by tuner.ray_start as soon as the search's own Ray is up, before the driver imports Ray Tune and
+    Optuna: the worker's start (about 1.4 s on 2 cores) is the first trial's longest wait. The task needs no
+    CPU, so it never delays a trial; nothing waits for it.
     """
+    import ray
+
+    task = ray.remote(num_cpus=0, runtime_env={"env_vars": tune_actor_env_vars()}, max_retries=0)
+    task(preimport_trial_modules).remote()
+
+
+# What Ray Tune 2.60 gives its trial actors (ray/tune/execution/class_cache.py: DEFAULT_ENV_VARS, and the driver's
+# values of ENV_VARS_TO_PROPAGATE), copied so that the prewarm starts before Ray Tune's 0.6 s import; a worker
+# whose variables differ in any way is never given the actor. tests/unit/test_ray_start.py keeps it in step.
+TUNE_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
+TUNE_PROPAGATED_ENV = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN", "NCCL_RAS_ADDR",
+    "RAY_CHDIR_TO_TRIAL_DIR", "RAY_TRAIN_CHECKPOINT_UPLOAD_WARN_INTERVAL_S", "RAY_TRAIN_COLLECTIVE_TIMEOUT_S",
+    "RAY_TRAIN_COLLECTIVE_WARN_INTERVAL_S", "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_ENABLE_PRINT_PATCH",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "RAY_TRAIN_STATE_ACTOR_RECONCILIATION_INTERVAL_S", "RAY_TRAIN_V2_ENABLED",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S",
+    "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC", "TORCHFT_LIGHTHOUSE", "TRAIN_COPY_DIRECTORY_CHECKPOINTS_INSTEAD_OF_MOVING",
+})  # fmt: skip
+
+
+def tune_actor_env_vars() -> dict[str, str]:
+    """The environment variables of a Tune trial actor started from this driver (its runtime environment)."""
     import os
 
-    import ray
-    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
-
-    env_vars = {**DEFAULT_ENV_VARS, **{name: os.environ[name] for name in ENV_VARS_TO_PROPAGATE if name in os.environ}}
-    task = ray.remote(num_cpus=0, runtime_env={"env_vars": env_vars}, max_retries=0)(preimport_trial_modules)
-    task.remote()
+    return {**TUNE_ACTOR_ENV, **{name: os.environ[name] for name in sorted(TUNE_PROPAGATED_ENV) if name in os.environ}}
 
 
 def trial_spec(
