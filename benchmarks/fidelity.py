@@ -127,7 +127,8 @@ def composed_lines(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "Each case: a whole-step trial, a composed trial (first + 3 middle + boundary micro-step per sample, "
         "composed = first + (accum - 2) x median middle + boundary), and a second whole-step trial. Each trial is "
-        "new processes, whose speed differs from trial to trial.",
+        "new processes, whose speed differs from trial to trial. The composed trial's measured seconds include its "
+        f"{AUDIT_ROUNDS} audit rounds (below).",
         "",
         "| case | whole s | composed s | error | whole again s | repeat diff | first / middle / boundary ms "
         "| measured s whole / composed |",

@@ -104,7 +104,8 @@ def connect_ray(address: str | None, accelerator: str, ranks: int) -> None:
         if not address:
             raise
         raise SpaceError("--address", f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
-    if not address:  # the first trial's worker starts now, while the driver imports Tune and makes the study
+    if not address and ray.is_initialized():  # the first trial's worker starts now, while the driver imports
+        # Tune and makes the study (not initialised: a stand-in ray.init of the tests)
         from tuner.trial.trainable import prewarm_trial_worker
 
         prewarm_trial_worker()

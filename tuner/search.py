@@ -42,7 +42,7 @@ from tuner.searcher import StudySearcher
 from tuner.space import Space, space_document
 from tuner.store import measured_memory, open_storage, redact_text
 from tuner.trial.nodes import prebuild_everywhere
-from tuner.trial.trainable import TrialContext, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
+from tuner.trial.trainable import TrialContext, end_prewarm, run_tune_trial, trial_spec  # noqa: F401 (trial_spec: a spec as trials get)
 
 
 @dataclass(frozen=True)
@@ -269,6 +269,7 @@ def run_search(
         study, lambda: [trial for trial, _ in list(searcher.state.in_flight.values())], heartbeat, on_event
     )
     beats.start()
+    end_prewarm()  # its worker is started by now, idle in the trial actor's environment
     try:
         tuner.fit()  # Tune turns Ctrl-C into a graceful stop of the running trials
     finally:

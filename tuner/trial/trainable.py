@@ -46,21 +46,38 @@ def preimport_trial_modules() -> None:
 
 
 def prewarm_trial_worker() -> None:
-    """Have Ray start workers for the first trial now, while the search creates its study and Tune sets up.
+    """Have Ray start the first trial's worker now, while the search imports Ray Tune and creates its study.
 
-    Tune's trial actors carry a runtime environment of their own (ray/tune/execution/class_cache.py), so no
-    worker started before fit() can take them: the first trial waited for a new process and its imports. A
-    task with the same runtime environment makes the raylet start workers for it at once; the task's own
-    worker is not given to an actor afterwards, but the raylet starts a second, idle one beside it, and the
-    first trial's actor takes that one, its imports done by the search's setup hook (preimport_trial_modules).
-    Called by tuner.ray_start as soon as the search's own Ray is up, before the driver imports Ray Tune and
-    Optuna: the worker's start (about 1.4 s on 2 cores) is the first trial's longest wait. The task needs no
-    CPU, so it never delays a trial; nothing waits for it.
+    Tune's trial actors carry a runtime environment of their own (ray/tune/execution/class_cache.py), so a
+    worker must be started in that environment to be given one, and it must never have run a task: the raylet
+    never gives an actor to a worker that held a task's lease (Worker::GrantLease). So the task asks for a
+    resource no node has. It never runs, but its lease request makes the raylet prestart one idle worker in its
+    environment (NodeManager::HandleRequestWorkerLease -> WorkerPool::PrestartWorkers), whose imports the
+    search's setup hook does (preimport_trial_modules), and the first trial's actor takes it. A task that could
+    run started two workers, one of them wasted: 2 CPU-seconds of a 2-core machine's start-up. Called by
+    tuner.ray_start as soon as the search's own Ray is up; `end_prewarm` takes the task back before fit().
     """
     import ray
 
-    task = ray.remote(num_cpus=0, runtime_env={"env_vars": tune_actor_env_vars()}, max_retries=0)
-    task(preimport_trial_modules).remote()
+    task = ray.remote(
+        num_cpus=0, resources={NEVER_SCHEDULED: 1}, runtime_env={"env_vars": tune_actor_env_vars()}, max_retries=0
+    )
+    _prewarm_tasks.append(task(preimport_trial_modules).remote())
+
+
+def end_prewarm() -> None:
+    """Cancel the prewarm task (never run): its worker, started already, stays idle for the first actor."""
+    import contextlib
+
+    import ray
+
+    while _prewarm_tasks:
+        with contextlib.suppress(Exception):  # Ray stopped meanwhile: nothing is left to cancel
+            ray.cancel(_prewarm_tasks.pop())
+
+
+NEVER_SCHEDULED = "tuner_prewarm_never_scheduled"  # a custom resource no node has
+_prewarm_tasks: list[Any] = []
 
 
 # What Ray Tune 2.60 gives its trial actors (ray/tune/execution/class_cache.py: DEFAULT_ENV_VARS, and the driver's
