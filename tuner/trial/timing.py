@@ -106,9 +106,9 @@ def audit(
     """Composed timing checked in the same ranks (benchmarks/fidelity.py; `TrialSpec.audit_rounds`): `rounds` of
     a whole step, a composed sample and a whole step again, each the slowest rank's figure.
 
-    Between two trials the same step time differs by up to 10% here (each trial is new processes), which hides
-    a composed figure's error; within one trial only the formula's error and the short-term noise remain, and
-    the two whole steps of a round measure that noise.
+    Between two trials the same step time differed by 4-17% RMS on a 2-core VM (each trial is new processes),
+    which hides a composed figure's error; within one trial only the formula's error and the short-term noise
+    remain, and the two whole steps of a round measure that noise.
     """
     out: dict[str, list[float]] = {"whole": [], "composed": [], "whole_again": []}
     for _ in range(rounds):
