@@ -69,7 +69,8 @@ def trial(space: Space, point: Point, accelerator: str, work: Path, **over: Any)
     )
     if not result.ok:
         raise SystemExit(f"{point.label()}: {result.failure_category}: {result.failure_reason}")
-    audit = json.loads((work / "result.json").read_text()).get("timing_audit")  # (e): spec.audit_rounds
+    # (e): the audit rounds are in the rank's result.json only (not a figure a search records)
+    audit = json.loads((work / "result.json").read_text()).get("timing_audit") if over.get("audit_rounds") else None
     return {**result.figures, "duration_s": result.duration_s, "timing_audit": audit}
 
 
@@ -163,9 +164,8 @@ def audit_line(rows: list[dict[str, Any]]) -> str:
     """(e) in the same ranks: composed vs whole against whole again vs whole, RMS over the cases."""
     errors, repeats = [r["audit_error"] for r in rows], [r["audit_repeat"] for r in rows]
     return (
-        f"In the same ranks ({AUDIT_ROUNDS} rounds per case): composed vs whole, RMS {rms(errors):.1%} "
-        f"(mean {statistics.fmean(errors):+.1%}; worst {max(errors, key=abs):+.1%}); whole again vs whole "
-        f"{rms(repeats):.1%} (mean {statistics.fmean(repeats):+.1%}; worst {max(repeats, key=abs):+.1%})."
+        f"In the same ranks ({AUDIT_ROUNDS} rounds per case): composed vs whole, RMS {spread(errors)}; "
+        f"whole again vs whole {spread(repeats)}."
     )
 
 
@@ -192,9 +192,8 @@ def composed_only(args: argparse.Namespace) -> None:
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
         f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, ray {ray.__version__}.",
         "",
-        f"Composed vs whole, RMS over {len(composed)} cases: {rms(errors):.1%} (mean {statistics.fmean(errors):+.1%}; "
-        f"worst {max(errors, key=abs):+.1%}); whole vs whole (the repeat noise): {rms(repeats):.1%} "
-        f"(mean {statistics.fmean(repeats):+.1%}; worst {max(repeats, key=abs):+.1%}).",
+        f"Composed vs whole, RMS over {len(composed)} cases: {spread(errors)}; whole vs whole (the repeat noise): "
+        f"{spread(repeats)}.",
         audit_line(composed),
         *composed_lines(composed),
         "",
@@ -208,6 +207,13 @@ def composed_only(args: argparse.Namespace) -> None:
 
 def rms(values: list[float]) -> float:
     return math.sqrt(statistics.fmean(v * v for v in values))
+
+
+def spread(values: list[float], labels: bool = True) -> str:
+    """Relative differences as (e) reports them: RMS, then mean and worst (by size) in brackets."""
+    mean, worst = statistics.fmean(values), max(values, key=abs)
+    inner = f"mean {mean:+.1%}; worst {worst:+.1%}" if labels else f"{mean:+.1%}; {worst:+.1%}"
+    return f"{rms(values):.1%} ({inner})"
 
 
 def main() -> None:
@@ -274,15 +280,12 @@ def main() -> None:
         errors, repeats = [r["error"] for r in composed], [r["repeat"] for r in composed]
         lines.append(
             f"| (e) composed vs whole step time, RMS over {len(composed)} cases (mean; worst) "
-            f"| {rms(errors):.1%} ({statistics.fmean(errors):+.1%}; {max(errors, key=abs):+.1%}) "
-            f"| <= whole vs whole: {rms(repeats):.1%} ({statistics.fmean(repeats):+.1%}; "
-            f"{max(repeats, key=abs):+.1%}) |"
+            f"| {spread(errors, labels=False)} | <= whole vs whole: {spread(repeats, labels=False)} |"
         )
         errors, repeats = [r["audit_error"] for r in composed], [r["audit_repeat"] for r in composed]
         lines.append(
-            f"| (e) the same in the same ranks, {AUDIT_ROUNDS} rounds per case | {rms(errors):.1%} "
-            f"({statistics.fmean(errors):+.1%}; {max(errors, key=abs):+.1%}) | <= whole again vs whole: "
-            f"{rms(repeats):.1%} ({statistics.fmean(repeats):+.1%}; {max(repeats, key=abs):+.1%}) |"
+            f"| (e) the same in the same ranks, {AUDIT_ROUNDS} rounds per case | {spread(errors, labels=False)} "
+            f"| <= whole again vs whole: {spread(repeats, labels=False)} |"
         )
     lines += [
         "",
